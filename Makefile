@@ -1,0 +1,46 @@
+# pickserve: `make run` serves, `make test` checks everything. Both set themselves up:
+# a virtualenv in .venv with the project installed (editable) and what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PORT ?= 8000
+POOL ?=
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: run test demo lint bench replay-demo clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m service --port $(PORT) $(if $(POOL),--pool $(POOL))
+
+demo: $(STAMP)
+	$(BIN)/python -m service.demo --url http://127.0.0.1:$(PORT)
+
+test: $(STAMP)
+	@bash deploy/ensure-redis-server.sh
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/replay_speed.py
+
+replay-demo: $(STAMP)
+	$(BIN)/python -m picker replay tests/data/benchmarks/emocontext/predictions.npy \
+		tests/data/benchmarks/emocontext/oracle.npy --stream-size 1000 \
+		--method modelpicker random --gamma 2 4 8 --budget 90 150
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
