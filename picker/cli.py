@@ -1,0 +1,170 @@
+"""`python -m picker replay|calibrate`: the offline tools over recorded prediction matrices.
+
+Results go to stdout, one JSON object per line; progress and errors go to stderr. rich
+(progress bar) and matplotlib (--plot) are imported lazily, only when used, so that the
+picker package itself depends on numpy and the standard library alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from picker.calibrate import calibrate_gamma
+from picker.data import PickerInputError, Pool, load_pool
+from picker.replay import METHODS, Method, ProgressCallback, ReplayResult, replay
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (np.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m picker", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("replay", "replay query rules over random streams of a recorded pool"),
+        ("calibrate", "find the gamma whose mean label count matches a budget"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("predictions", help="(items x models) predicted classes, .npy or .csv")
+        command.add_argument("oracle", help="(items,) true classes, .npy or .csv")
+        command.add_argument(
+            "--stream-size", type=_positive(int), help="items per stream (default: all)"
+        )
+        command.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        command.add_argument("--quiet", action="store_true", help="no progress bar")
+    replay_cmd = commands.choices["replay"]
+    replay_cmd.add_argument("--method", nargs="+", choices=METHODS, default=["modelpicker"])
+    replay_cmd.add_argument(
+        "--gamma", nargs="+", type=_positive(float), help="modelpicker, entropy"
+    )
+    replay_cmd.add_argument(
+        "--budget", nargs="+", type=_positive(float), help="random: labels per stream"
+    )
+    replay_cmd.add_argument(
+        "--runs", type=_positive(int), default=300, help="realisations (default 300)"
+    )
+    replay_cmd.add_argument(
+        "--plot", type=Path, help="draw identification probability vs labels to this PNG"
+    )
+    calibrate_cmd = commands.choices["calibrate"]
+    calibrate_cmd.add_argument(
+        "--budget", type=_positive(float), required=True, help="target mean labels"
+    )
+    calibrate_cmd.add_argument(
+        "--method", choices=("modelpicker", "entropy"), default="modelpicker"
+    )
+    calibrate_cmd.add_argument(
+        "--runs", type=_positive(int), default=100, help="realisations per trial"
+    )
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> list[tuple[Method, float]]:
+    settings: list[tuple[Method, float]] = []
+    for method in args.method:
+        params = args.budget if method == "random" else args.gamma
+        if not params:
+            flag = "--budget" if method == "random" else "--gamma"
+            raise PickerInputError(f"--method {method} needs {flag}")
+        settings.extend((method, float(p)) for p in params)
+    return settings
+
+
+@contextmanager
+def _progress(total: int, quiet: bool) -> Iterator[ProgressCallback | None]:
+    if quiet:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True, console=_stderr_console()) as bar:
+        task = bar.add_task("replay", total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _stream_size(args: argparse.Namespace, pool: Pool) -> int:
+    size = pool.n_items if args.stream_size is None else int(args.stream_size)
+    if size > pool.n_items:
+        raise PickerInputError(f"--stream-size {size} exceeds the {pool.n_items} items in the pool")
+    return size
+
+
+def run_replay_command(args: argparse.Namespace) -> list[ReplayResult]:
+    pool = load_pool(args.predictions, args.oracle)
+    stream_size, settings = _stream_size(args, pool), _settings(args)
+    results = []
+    with _progress(stream_size * len(settings), args.quiet) as on_step:
+        for index, (method, param) in enumerate(settings):
+            rng = np.random.default_rng([args.seed, index])
+            result = replay(pool, method, param, stream_size, args.runs, rng, on_step)
+            print(json.dumps(result.to_dict()), flush=True)
+            results.append(result)
+    if args.plot is not None:
+        plot_results(results, args.plot)
+    return results
+
+
+def plot_results(results: Sequence[ReplayResult], path: Path) -> None:
+    """Identification probability against mean labels, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r.method for r in results):
+        points = sorted((r.labels, r.identified) for r in results if r.method == method)
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+    axes.set_xlabel("mean labels per stream")
+    axes.set_ylabel("identification probability")
+    axes.set_ylim(0, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def run_calibrate_command(args: argparse.Namespace) -> None:
+    pool = load_pool(args.predictions, args.oracle)
+    calibration = calibrate_gamma(
+        pool, args.budget, _stream_size(args, pool), args.runs, args.seed, args.method
+    )
+    print(json.dumps(calibration.to_dict()), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "replay":
+            run_replay_command(args)
+        else:
+            run_calibrate_command(args)
+    except PickerInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

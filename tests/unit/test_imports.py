@@ -1,0 +1,32 @@
+"""picker/ is pure: numpy and the standard library only, at module level.
+
+The CLI may import matplotlib (--plot) and rich (progress bar) lazily, inside functions.
+"""
+
+import ast
+import sys
+from pathlib import Path
+
+PICKER = Path(__file__).resolve().parents[2] / "picker"
+LAZY_ALLOWED = {"cli.py": {"matplotlib", "rich"}}
+
+
+def imported_roots(node: ast.AST) -> set[str]:
+    if isinstance(node, ast.Import):
+        return {alias.name.split(".")[0] for alias in node.names}
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return {node.module.split(".")[0]}
+    return set()
+
+
+def test_picker_imports_only_numpy_and_stdlib() -> None:
+    allowed = set(sys.stdlib_module_names) | {"numpy", "picker", "__future__"}
+    files = sorted(PICKER.glob("*.py"))
+    assert len(files) >= 8
+    for path in files:
+        tree = ast.parse(path.read_text())
+        top_level = {root for stmt in tree.body for root in imported_roots(stmt)}
+        assert top_level <= allowed, f"{path.name} imports {top_level - allowed} at module level"
+        everywhere = {root for node in ast.walk(tree) for root in imported_roots(node)}
+        lazy = everywhere - allowed
+        assert lazy <= LAZY_ALLOWED.get(path.name, set()), f"{path.name} imports {lazy}"
