@@ -1,0 +1,44 @@
+"""Every knob of pickserve, read once at start-up from the environment (PICKSERVE_*)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.schemas import RuntimeKnobs
+
+
+class Settings(BaseSettings):
+    """Start-up settings. The picker's runtime knobs (`knobs`) can also be changed later
+    through Ray Serve's `user_config` without a restart."""
+
+    model_config = SettingsConfigDict(env_prefix="PICKSERVE_", env_nested_delimiter="__")
+
+    host: str = Field("127.0.0.1", description="address the HTTP proxy listens on")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port")
+    pool: Path | None = Field(None, description="pool YAML; none: the bundled demo pool")
+    state_dir: Path = Field(Path("var"), description="embedded store file, demo pool cache")
+    store: Literal["embedded", "redis"] = Field(
+        "embedded", description="state store: embedded (SQLite file on local disk) or redis"
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "PICKSERVE_REDIS_URL"),
+        description="Redis URL, used when store=redis",
+    )
+    store_namespace: str = Field("pickserve", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    router_replicas: int = Field(1, ge=1, le=64, description="ingress replicas")
+    max_batch_size: int = Field(256, ge=1, le=100_000, description="instances per request")
+    shadow_max_in_flight: int = Field(
+        4, ge=1, le=1024, description="shadow batches running at once per replica; more are shed"
+    )
+    selection_refresh_s: float = Field(
+        0.2, gt=0, le=1.0, description="how often a replica re-reads the served model"
+    )
+    knobs: RuntimeKnobs = Field(default_factory=RuntimeKnobs)
+
+    def store_path(self) -> Path:
+        return self.state_dir / f"{self.store_namespace}.sqlite3"
