@@ -1,0 +1,51 @@
+"""The deployment hosting every candidate model, with request batching.
+
+Two batched entry points: `answer` runs one named model (the served model, or a model a
+client asked for), `shadow` runs every candidate for the picker. @serve.batch merges
+concurrent calls, so one predict_proba call serves many requests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from service.pool import FloatMatrix, LoadedPool, load_pool
+
+
+def _split(rows: np.ndarray[Any, Any], sizes: list[int]) -> list[Any]:
+    return list(np.split(rows, np.cumsum(sizes)[:-1]))
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+class Candidates:
+    def __init__(self, pool_file: str) -> None:
+        self.pool: LoadedPool = load_pool(Path(pool_file))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def answer(self, requests: list[tuple[int, FloatMatrix]]) -> list[FloatMatrix]:
+        """Class probabilities of model `index` for each request's rows."""
+        results: list[FloatMatrix | None] = [None] * len(requests)
+        for index in {i for i, _ in requests}:
+            positions = [p for p, (i, _) in enumerate(requests) if i == index]
+            chunks = [requests[p][1] for p in positions]
+            candidate = self.pool.candidates[index]
+            probabilities = candidate.class_probabilities(np.vstack(chunks))
+            for position, part in zip(
+                positions, _split(probabilities, [len(c) for c in chunks]), strict=True
+            ):
+                results[position] = part
+        return [r for r in results if r is not None]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def shadow(self, requests: list[FloatMatrix]) -> list[Any]:
+        """Every candidate's predicted class for each request's rows, shape (rows, models)."""
+        predictions = self.pool.predict_all(np.vstack(requests))
+        return _split(predictions, [len(r) for r in requests])
+
+    def check_health(self) -> None:
+        if not self.pool.candidates:
+            raise RuntimeError("no candidates loaded")

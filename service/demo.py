@@ -1,0 +1,151 @@
+"""`make demo`: drive the shifted "today" stream and a simulated labeler against a running
+pickserve, with a live view, until the served model is the best one on the stream.
+
+The labeler answers from ground truth. `drive` is the loop itself; the integration tests
+run the same loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from service.demo_pool import DemoData, ensure_demo
+
+
+@dataclass
+class DemoProgress:
+    items_served: int = 0
+    labels_posted: int = 0
+    served_models_seen: list[str] = field(default_factory=list)
+    selection: dict[str, Any] = field(default_factory=dict)
+
+    def saw(self, model: str) -> None:
+        if not self.served_models_seen or self.served_models_seen[-1] != model:
+            self.served_models_seen.append(model)
+
+
+def drive(
+    client: httpx.Client,
+    demo: DemoData,
+    target: str,
+    max_items: int = 20_000,
+    batch_size: int = 16,
+    seed: int = 0,
+    on_step: Callable[[DemoProgress], None] | None = None,
+    confidence: float = 0.9,
+) -> DemoProgress:
+    """Send the stream (reshuffled each pass), label every queued item from ground truth,
+    stop once `target` is served with posterior >= confidence (or after max_items)."""
+    rng = np.random.default_rng(seed)
+    progress = DemoProgress()
+    truth: dict[str, int] = {}
+    while progress.items_served < max_items:
+        order = rng.permutation(len(demo.stream_labels))
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            answer = client.post(
+                "/v1/predict", json={"instances": demo.stream_features[rows].tolist()}
+            )
+            answer.raise_for_status()
+            body = answer.json()
+            progress.saw(body["model"])
+            progress.items_served += len(rows)
+            for prediction, row in zip(body["predictions"], rows, strict=True):
+                truth[prediction["item_id"]] = int(demo.stream_labels[row])
+            _label_queue(client, truth, progress)
+            if on_step is not None:
+                on_step(progress)
+            if _settled(progress.selection, target, confidence):
+                progress.saw(target)
+                return progress
+            if progress.items_served >= max_items:
+                break
+    return progress
+
+
+def _settled(selection: dict[str, Any], target: str, confidence: float) -> bool:
+    served = selection.get("served_model")
+    return served == target and selection["posterior"][target] >= confidence
+
+
+def _label_queue(client: httpx.Client, truth: dict[str, int], progress: DemoProgress) -> None:
+    queued = client.get("/v1/queries", params={"limit": 50})
+    queued.raise_for_status()
+    labels = [
+        {"item_id": item["item_id"], "label": truth[item["item_id"]]}
+        for item in queued.json()["items"]
+        if item["item_id"] in truth
+    ]
+    if labels:
+        posted = client.post("/v1/feedback", json={"labels": labels})
+        if posted.status_code not in (200, 404, 409):
+            posted.raise_for_status()
+        progress.labels_posted += sum(r["outcome"] == "accepted" for r in posted.json()["results"])
+    selection = client.get("/v1/selection")
+    selection.raise_for_status()
+    progress.selection = selection.json()
+
+
+def _view(progress: DemoProgress, target: str) -> Any:
+    from rich.table import Table
+
+    selection = progress.selection
+    table = Table(title=f"pickserve demo: items {progress.items_served}, "
+                  f"labels {progress.labels_posted}, target {target}")  # fmt: skip
+    table.add_column("model")
+    table.add_column("posterior", justify="right")
+    table.add_column("")
+    for name, weight in sorted(selection.get("posterior", {}).items(), key=lambda kv: -kv[1]):
+        mark = "served" if name == selection.get("served_model") else ""
+        table.add_row(name, f"{weight:.4f}", mark)
+    swaps = selection.get("swaps", [])
+    table.caption = (
+        " → ".join([swaps[0]["from_model"], *(s["to_model"] for s in swaps)])
+        if swaps
+        else "no swap yet"
+    )
+    return table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m service.demo", description=__doc__)
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--state-dir", type=Path, default=Path("var"))
+    parser.add_argument("--max-items", type=int, default=20_000)
+    args = parser.parse_args()
+    from rich.console import Console
+    from rich.live import Live
+
+    demo = ensure_demo((args.state_dir / "demo-pool").resolve())
+    target = demo.summary["best_today"]
+    console = Console()
+    first = demo.summary["best_on_training_distribution"]
+    console.print(f"best on the training distribution: {first}; on today's stream: {target}")
+    started = time.monotonic()
+    try:
+        with httpx.Client(base_url=args.url, timeout=30) as client, Live(console=console) as live:
+            progress = drive(client, demo, target, args.max_items,
+                             on_step=lambda p: live.update(_view(p, target)))  # fmt: skip
+    except httpx.HTTPError as error:
+        console.print(
+            f"[red]cannot talk to pickserve at {args.url}: {error}[/red] (is `make run` up?)"
+        )
+        return 1
+    served = progress.selection.get("served_model")
+    console.print(f"served model: {served} after {progress.items_served} items, "
+                  f"{progress.labels_posted} labels, {time.monotonic() - started:.0f} s; "
+                  f"clients saw {' → '.join(progress.served_models_seen)}")  # fmt: skip
+    return 0 if served == target else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Prometheus metrics that read the same whichever replica answers /metrics.
+
+Event counts (requests, latency buckets, shadow work, labels, errors) are gathered per
+replica and added to the shared store every flush interval. Picker state (posterior, best,
+served model, queue depth) is read from the store at scrape time. The text is rendered
+with prometheus_client from those stored numbers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from service.store.base import StoredSelection
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+PREFIX = "pickserve_"
+COUNTERS = {
+    "requests": ("Inference requests answered, by served model", ("model",)),
+    "items_served": ("Items answered, by served model", ("model",)),
+    "shadow_items": ("Items run through every candidate, by outcome (done, shed)", ("outcome",)),
+    "queries": ("Items the picker queued for labeling", ()),
+    "labels": ("Labels posted, by outcome (accepted, duplicate, unknown, invalid)", ("outcome",)),
+    "swaps": ("Hot swaps of the served model", ()),
+    "errors": ("Errors, by kind (model, store, shadow)", ("kind",)),
+}
+LATENCY = "request_latency_seconds"
+
+
+def counter_key(name: str, *label_values: str) -> str:
+    return "|".join((name, *label_values))
+
+
+class LocalCounters:
+    """This replica's counts since the last flush to the store."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._deltas: dict[str, float] = defaultdict(float)
+
+    def inc(self, name: str, *label_values: str, value: float = 1.0) -> None:
+        with self._lock:
+            self._deltas[counter_key(name, *label_values)] += value
+
+    def observe_latency(self, model: str, seconds: float) -> None:
+        bucket = next((str(b) for b in LATENCY_BUCKETS_S if seconds <= b), "+Inf")
+        with self._lock:
+            self._deltas[counter_key(LATENCY, model, bucket)] += 1
+            self._deltas[counter_key(LATENCY + "_sum", model)] += seconds
+
+    def drain(self) -> dict[str, float]:
+        with self._lock:
+            deltas, self._deltas = dict(self._deltas), defaultdict(float)
+        return deltas
+
+    def restore(self, deltas: Mapping[str, float]) -> None:
+        """Put back deltas a failed flush could not store, so no count is lost."""
+        with self._lock:
+            for key, value in deltas.items():
+                self._deltas[key] += value
+
+
+def _counter_families(stored: Mapping[str, float]) -> Iterable[Metric]:
+    for name, (help_text, label_names) in COUNTERS.items():
+        family = CounterMetricFamily(PREFIX + name, help_text, labels=label_names)
+        for key, value in stored.items():
+            parts = key.split("|")
+            if parts[0] == name and len(parts) == len(label_names) + 1:
+                family.add_metric(parts[1:], value)
+        yield family
+
+
+def _latency_family(stored: Mapping[str, float]) -> Metric:
+    family = HistogramMetricFamily(
+        PREFIX + LATENCY, "Inference latency in the router, by served model", labels=("model",)
+    )
+    per_model: dict[str, dict[str, float]] = defaultdict(dict)
+    for key, value in stored.items():
+        parts = key.split("|")
+        if parts[0] == LATENCY:
+            per_model[parts[1]][parts[2]] = value
+    for model, counts in sorted(per_model.items()):
+        cumulative, buckets = 0.0, []
+        for bound in [*map(str, LATENCY_BUCKETS_S), "+Inf"]:
+            cumulative += counts.get(bound, 0.0)
+            buckets.append((bound, cumulative))
+        total = stored.get(counter_key(LATENCY + "_sum", model), 0.0)
+        family.add_metric([model], buckets, total)
+    return family
+
+
+def _state_families(selection: StoredSelection, queue_depth: int) -> Iterable[Metric]:
+    names = selection.model_names
+    weights = selection.picker.weights()
+    best = int(np.argmin(selection.picker.loss_array))
+    indices = range(len(names))
+    gauges: list[tuple[str, str, Iterable[float]]] = [
+        ("posterior_weight", "Posterior probability that the model is the best", weights.tolist()),
+        ("best_model", "1 for the posterior's best model", [float(i == best) for i in indices]),
+        ("served_model", "1 for the served model", [float(i == selection.served) for i in indices]),
+        ("cumulative_loss", "Importance-weighted loss L_i in this round", selection.picker.losses),
+    ]
+    for name, help_text, values in gauges:
+        family = GaugeMetricFamily(PREFIX + name, help_text, labels=("model",))
+        for model, value in zip(names, values, strict=True):
+            family.add_metric([model], float(value))
+        yield family
+    picker = selection.picker
+    budget = -1 if picker.budget is None else picker.budget
+    for name, help_text, value in (
+        ("label_queue_depth", "Items waiting for a label", queue_depth),
+        ("round", "Current round", picker.round),
+        ("picker_step", "Items the picker has seen this round", picker.step),
+        ("round_labels", "Labels applied this round", picker.labels),
+        ("round_queries", "Queries issued this round", picker.queries),
+        ("label_budget", "Queries allowed this round (-1: no budget)", budget),
+        ("selection_version", "Bumps on every hot swap", selection.version),
+    ):
+        yield GaugeMetricFamily(PREFIX + name, help_text, value=float(value))
+
+
+class _StoredCollector(Collector):
+    def __init__(self, stored: Mapping[str, float], selection: StoredSelection, depth: int) -> None:
+        self._stored, self._selection, self._depth = stored, selection, depth
+
+    def collect(self) -> Iterable[Metric]:
+        yield from _counter_families(self._stored)
+        yield _latency_family(self._stored)
+        yield from _state_families(self._selection, self._depth)
+
+
+def render(stored: Mapping[str, float], selection: StoredSelection, queue_depth: int) -> bytes:
+    """The Prometheus text exposition of stored counters and the picker's state."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_StoredCollector(stored, selection, queue_depth))
+    return generate_latest(registry)

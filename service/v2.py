@@ -1,0 +1,67 @@
+"""Open Inference Protocol v2 (KServe, Triton): metadata, request decoding, responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from service.pool import FloatMatrix
+from service.schemas import V2Tensor
+
+
+def metadata(name: str, n_features: int, n_classes: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "versions": ["1"],
+        "platform": "pickserve",
+        "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, n_features]}],
+        "outputs": [
+            {"name": "predicted_class", "datatype": "INT64", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP64", "shape": [-1, n_classes]},
+        ],
+    }
+
+
+def instances(tensor: V2Tensor, n_features: int) -> list[list[float]]:
+    """Rows of the input tensor; its declared shape must match its data and the pool."""
+    try:
+        flat = np.asarray(tensor.data, dtype=np.float64).ravel()
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"input {tensor.name!r} holds non-numeric data") from error
+    shape = tensor.shape if len(tensor.shape) == 2 else [1, tensor.shape[0]]
+    if shape[1] != n_features or shape[0] < 1 or shape[0] * shape[1] != flat.size:
+        raise ValueError(
+            f"input {tensor.name!r}: shape {tensor.shape} with {flat.size} values does not "
+            f"make rows of {n_features} features"
+        )
+    rows: list[list[float]] = flat.reshape(shape).tolist()
+    return rows
+
+
+def response(
+    name: str,
+    request_id: str | None,
+    probabilities: FloatMatrix,
+    served: str,
+    version: int | None,
+    item_ids: list[str] | None,
+) -> dict[str, Any]:
+    n_rows, n_classes = probabilities.shape
+    parameters: dict[str, Any] = {"served_model": served}
+    if version is not None:
+        parameters["selection_version"] = version
+    if item_ids is not None:
+        parameters["item_ids"] = item_ids
+    return {
+        "model_name": name,
+        "model_version": "1",
+        "id": request_id,
+        "parameters": parameters,
+        "outputs": [
+            {"name": "predicted_class", "datatype": "INT64", "shape": [n_rows],
+             "data": probabilities.argmax(axis=1).tolist()},
+            {"name": "probabilities", "datatype": "FP64", "shape": [n_rows, n_classes],
+             "data": probabilities.ravel().tolist()},
+        ],
+    }  # fmt: skip
