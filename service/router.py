@@ -58,6 +58,7 @@ class Router:
         self.selection_read_at = time.monotonic()
         self.last_flush = time.monotonic()
         self.shadow_in_flight = 0
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Ray Serve's user_config: the picker's knobs change without a restart."""
@@ -291,7 +292,8 @@ class Router:
             served_model=self.names[selection.served],
             selection_version=selection.version,
         )
-        return JSONResponse(response.model_dump(), status_code=status)
+        headers = {"x-pickserve-replica": self.replica_id}
+        return JSONResponse(response.model_dump(), status_code=status, headers=headers)
 
     # ---- selection, rounds, metrics ----------------------------------------------------
 

@@ -44,9 +44,10 @@ class RedisServer:
             try:
                 if client.ping():
                     break
-            except redis.ConnectionError:
+            except redis.ConnectionError as error:
                 if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start; see {self.folder}/redis.log")
+                    log_file = self.folder / "redis.log"
+                    raise RuntimeError(f"redis-server did not start; see {log_file}") from error
                 time.sleep(0.05)
         client.close()
 

@@ -1,0 +1,90 @@
+"""Real Ray Serve (started once per session), real HTTP, real Redis."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from service.app import build, demo_folder
+from service.demo_pool import DemoData, ensure_demo
+from service.schemas import RuntimeKnobs
+from service.settings import Settings
+from tests.redis_server import RedisServer, free_port
+
+APP = "pickserve"
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(tmp_path_factory.mktemp("state"))
+
+
+@pytest.fixture(scope="session")
+def demo(state_dir: Path) -> DemoData:
+    return ensure_demo(demo_folder(Settings(state_dir=state_dir)))
+
+
+@pytest.fixture(scope="session")
+def serve_port() -> Iterator[int]:
+    port = free_port()
+    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+    ray.shutdown()
+
+
+Deploy = Callable[..., httpx.Client]
+
+
+class Deployer:
+    """Deploys the app with a fresh state namespace and hands out HTTP clients."""
+
+    def __init__(self, port: int, state_dir: Path, redis_url: str) -> None:
+        self.port, self.state_dir, self.redis_url = port, state_dir, redis_url
+        self.clients: list[httpx.Client] = []
+
+    def __call__(
+        self, store: str = "embedded", namespace: str | None = None, **knobs: Any
+    ) -> httpx.Client:
+        replicas = knobs.pop("router_replicas", 1)
+        settings = Settings(
+            state_dir=self.state_dir, store=store, redis_url=knobs.pop("redis_url", self.redis_url),
+            store_namespace=namespace or uuid.uuid4().hex, router_replicas=replicas,
+            max_batch_size=64, knobs=RuntimeKnobs(**{"seed": 7, **knobs}),
+        )  # fmt: skip
+        serve.run(build(settings), name=APP, route_prefix="/")
+        client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        serve.delete(APP)
+
+
+@pytest.fixture
+def deploy(
+    serve_port: int, state_dir: Path, demo: DemoData, redis_server: RedisServer
+) -> Iterator[Deploy]:
+    deployer = Deployer(serve_port, state_dir, redis_server.url)
+    yield deployer
+    deployer.close()
+
+
+@pytest.fixture(scope="module")
+def shared_client(
+    serve_port: int, state_dir: Path, demo: DemoData, redis_server: RedisServer
+) -> Iterator[httpx.Client]:
+    """One deployment for a whole module (shadow every item, gamma 50: queries galore)."""
+    deployer = Deployer(serve_port, state_dir, redis_server.url)
+    yield deployer(shadow_rate=1.0, gamma=50.0)
+    deployer.close()

@@ -1,0 +1,206 @@
+"""The HTTP API over real sockets: happy paths and every kind of bad input.
+
+Bad input must get a 4xx with a clear message and change no state: each case compares
+the selection and the metrics' counters of the picker before and after.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from picker import loss_increments
+from service.demo_pool import DemoData
+from tests.integration.conftest import Deploy
+
+
+@pytest.fixture
+def client(shared_client: httpx.Client) -> httpx.Client:
+    """The module's deployment, in a fresh round (losses, step and queue reset)."""
+    assert shared_client.post("/v1/rounds", json={}).status_code == 200
+    return shared_client
+
+
+def fill_queue(client: httpx.Client, demo: DemoData, n: int = 32) -> list[dict[str, Any]]:
+    """Serve n stream items (all shadowed) and lease every queued item."""
+    answer = client.post("/v1/predict", json={"instances": demo.stream_features[:n].tolist()})
+    assert answer.status_code == 200, answer.text
+    deadline = time.monotonic() + 20
+    while client.get("/v1/selection").json()["step"] < n:  # shadow work is asynchronous
+        assert time.monotonic() < deadline, "shadow evaluation did not finish"
+        time.sleep(0.05)
+    items = client.get("/v1/queries", params={"limit": 500}).json()["items"]
+    assert items, "gamma 50 and shadow rate 1 should queue items"
+    return items
+
+
+def picker_state(client: httpx.Client) -> dict[str, Any]:
+    selection = client.get("/v1/selection").json()
+    return {
+        k: selection[k] for k in ("step", "queries", "labels", "losses", "served_model", "round")
+    }
+
+
+def test_predict_answers_with_the_served_model(client: httpx.Client, demo: DemoData) -> None:
+    answer = client.post("/v1/predict", json={"instances": demo.stream_features[:3].tolist()})
+    assert answer.status_code == 200
+    body = answer.json()
+    selection = client.get("/v1/selection").json()
+    assert body["model"] == selection["served_model"]
+    assert body["selection_version"] == selection["selection_version"]
+    assert len(body["predictions"]) == 3 and len({p["item_id"] for p in body["predictions"]}) == 3
+    for prediction in body["predictions"]:
+        assert 0 <= prediction["class"] < 10
+        assert math.isclose(sum(prediction["probabilities"]), 1.0, rel_tol=1e-6)
+
+
+def test_feedback_outcomes_and_lease(client: httpx.Client, demo: DemoData) -> None:
+    items = fill_queue(client, demo)
+    assert client.get("/v1/queries", params={"limit": 500}).json()["items"] == []  # leased
+    item = items[0]
+    assert set(item["predictions"]) == set(picker_state(client)["losses"])
+    label = int(item["predictions"][next(iter(item["predictions"]))])
+    before = picker_state(client)
+    first = client.post(
+        "/v1/feedback", json={"labels": [{"item_id": item["item_id"], "label": label}]}
+    )
+    assert first.status_code == 200 and first.json()["results"][0]["outcome"] == "accepted"
+    after = picker_state(client)
+    increments = loss_increments(list(item["predictions"].values()), label, item["q"])
+    np.testing.assert_allclose(
+        list(after["losses"].values()), np.array(list(before["losses"].values())) + increments
+    )
+    assert after["labels"] == before["labels"] + 1
+    again = client.post(
+        "/v1/feedback", json={"labels": [{"item_id": item["item_id"], "label": label}]}
+    )
+    assert again.status_code == 409 and again.json()["results"][0]["outcome"] == "duplicate"
+    assert picker_state(client) == after
+
+
+def test_new_round_resets_and_old_items_are_stale(client: httpx.Client, demo: DemoData) -> None:
+    items = fill_queue(client, demo)
+    round_before = client.get("/v1/selection").json()["round"]
+    selection = client.post("/v1/rounds", json={"label_budget": 5}).json()
+    assert selection["round"] == round_before + 1
+    assert selection["step"] == 0 and selection["label_budget"] == 5
+    assert set(selection["losses"].values()) == {0.0}
+    stale = client.post(
+        "/v1/feedback", json={"labels": [{"item_id": items[0]["item_id"], "label": 1}]}
+    )
+    assert stale.status_code == 404
+    assert stale.json()["results"][0]["outcome"] == "unknown"
+    assert "earlier round" in stale.json()["results"][0]["detail"]
+    fill_queue(client, demo, n=64)
+    assert client.get("/v1/selection").json()["queries"] == 5  # the budget caps queries
+
+
+BAD_REQUESTS: list[tuple[str, str, str, Any, int, str]] = [
+    ("malformed JSON", "POST", "/v1/predict", b"{not json", 422, "JSON decode error"),
+    ("wrong feature count", "POST", "/v1/predict", {"instances": [[1.0] * 63]}, 422, "64 features"),
+    ("NaN", "POST", "/v1/predict", b'{"instances": [[NaN' + b", 0.0" * 63 + b"]]}", 422, "finite"),
+    ("infinity", "POST", "/v1/predict", b'{"instances": [[Infinity' + b", 0.0" * 63 + b"]]}", 422, "finite"),
+    ("oversized batch", "POST", "/v1/predict", {"instances": [[0.0] * 64] * 65}, 413, "exceeds the limit of 64"),
+    ("empty batch", "POST", "/v1/predict", {"instances": []}, 422, "at least 1"),
+    ("unknown field", "POST", "/v1/predict", {"instances": [[0.0] * 64], "x": 1}, 422, "Extra inputs"),
+    ("unknown model", "GET", "/v2/models/nope", None, 404, "unknown model 'nope'"),
+    ("unknown model infer", "POST", "/v2/models/nope/infer",
+     {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP64", "data": [0.0] * 64}]}, 404, "unknown model"),
+    ("v2 shape mismatch", "POST", "/v2/models/router/infer",
+     {"inputs": [{"name": "x", "shape": [2, 64], "datatype": "FP64", "data": [0.0] * 64}]}, 422, "does not make rows"),
+    ("label outside classes", "POST", "/v1/feedback", {"labels": [{"item_id": "QUEUED", "label": 10}]}, 422, "outside the classes"),
+    ("negative label", "POST", "/v1/feedback", {"labels": [{"item_id": "QUEUED", "label": -1}]}, 422, "outside the classes"),
+    ("unknown item", "POST", "/v1/feedback", {"labels": [{"item_id": "never-queued", "label": 1}]}, 404, "never queued"),
+    ("item twice in a request", "POST", "/v1/feedback",
+     {"labels": [{"item_id": "QUEUED", "label": 1}, {"item_id": "QUEUED", "label": 2}]}, 422, "twice"),
+    ("no labels", "POST", "/v1/feedback", {"labels": []}, 422, "at least 1"),
+    ("queries limit too large", "GET", "/v1/queries?limit=100000", None, 422, "less than or equal"),
+    ("negative budget", "POST", "/v1/rounds", {"label_budget": -3}, 422, "greater than or equal"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "method", "path", "body", "status", "message"),
+    BAD_REQUESTS,
+    ids=[c[0] for c in BAD_REQUESTS],
+)
+def test_bad_input_is_rejected_and_changes_nothing(
+    client: httpx.Client,
+    demo: DemoData,
+    case: str,
+    method: str,
+    path: str,
+    body: Any,
+    status: int,
+    message: str,
+) -> None:
+    items = fill_queue(client, demo, n=8)
+    if isinstance(body, dict) and "labels" in body:
+        for label in body["labels"]:
+            label["item_id"] = (
+                items[0]["item_id"] if label["item_id"] == "QUEUED" else label["item_id"]
+            )
+    before = picker_state(client)
+    if isinstance(body, bytes):
+        answer = client.request(
+            method, path, content=body, headers={"content-type": "application/json"}
+        )
+    else:
+        answer = client.request(method, path, json=body)
+    assert answer.status_code == status, answer.text
+    assert message in answer.text
+    time.sleep(0.2)
+    assert picker_state(client) == before
+    # the queued item is still labelable: a bad request consumed nothing
+    label = {"item_id": items[0]["item_id"], "label": 0}
+    assert (
+        client.post("/v1/feedback", json={"labels": [label]}).json()["results"][0]["outcome"]
+        == "accepted"
+    )
+
+
+def test_open_inference_protocol_v2(client: httpx.Client, demo: DemoData) -> None:
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").status_code == 200
+    meta = client.get("/v2/models/router").json()
+    assert meta["inputs"][0]["shape"] == [-1, 64] and meta["outputs"][1]["shape"] == [-1, 10]
+    rows = demo.stream_features[:2]
+    request = {
+        "id": "r1",
+        "inputs": [
+            {"name": "x", "shape": [2, 64], "datatype": "FP64", "data": rows.ravel().tolist()}
+        ],
+    }
+    routed = client.post("/v2/models/router/infer", json=request).json()
+    assert (
+        routed["id"] == "r1"
+        and routed["parameters"]["served_model"] == demo.summary["best_on_training_distribution"]
+    )
+    assert routed["outputs"][0]["shape"] == [2] and len(routed["parameters"]["item_ids"]) == 2
+    target = demo.summary["best_today"]
+    direct = client.post(f"/v2/models/{target}/infer", json=request).json()
+    assert direct["parameters"]["served_model"] == target
+    assert len(direct["outputs"][1]["data"]) == 20
+
+
+def test_metrics_read_the_same_from_every_scrape(deploy: Deploy, demo: DemoData) -> None:
+    client = deploy(shadow_rate=1.0, gamma=50.0)
+    items = fill_queue(client, demo, n=16)
+    client.post("/v1/feedback", json={"labels": [{"item_id": items[0]["item_id"], "label": 3}]})
+    client.post("/v1/feedback", json={"labels": [{"item_id": "nope", "label": 3}]})
+    text = client.get("/metrics").text
+    for name in (
+        "pickserve_requests_total", "pickserve_request_latency_seconds_bucket",
+        "pickserve_items_served_total", 'pickserve_shadow_items_total{outcome="done"} 16.0',
+        "pickserve_queries_total", 'pickserve_labels_total{outcome="accepted"} 1.0',
+        'pickserve_labels_total{outcome="unknown"} 1.0', "pickserve_label_queue_depth",
+        "pickserve_posterior_weight", "pickserve_best_model", "pickserve_served_model",
+        "pickserve_swaps_total", "pickserve_picker_step 16.0", "pickserve_round 0.0",
+    ):  # fmt: skip
+        assert name in text, name
+    assert text == client.get("/metrics").text

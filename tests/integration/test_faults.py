@@ -1,0 +1,171 @@
+"""Faults and concurrency over real HTTP: two replicas, restarts, swaps under load."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from ray import serve
+
+from picker import loss_increments
+from service.demo_pool import DemoData
+from tests.integration.conftest import APP, Deploy
+from tests.integration.test_api import fill_queue
+from tests.redis_server import RedisServer
+
+
+def selection_state(client: httpx.Client) -> dict[str, Any]:
+    selection = client.get("/v1/selection").json()
+    keys = (
+        "round",
+        "step",
+        "queries",
+        "labels",
+        "losses",
+        "served_model",
+        "selection_version",
+        "swaps",
+    )
+    return {k: selection[k] for k in keys}
+
+
+@pytest.mark.parametrize("store", ["embedded", "redis"])
+def test_concurrent_labels_through_two_replicas(deploy: Deploy, demo: DemoData, store: str) -> None:
+    client = deploy(store=store, router_replicas=2, shadow_rate=1.0, gamma=50.0)
+    items = fill_queue(client, demo, n=64)
+    labels = {item["item_id"]: int(demo.stream_labels[i % 64]) for i, item in enumerate(items)}
+    # every label is posted twice, by different threads, in different orders
+    posts = [[{"item_id": i, "label": y}] for i, y in labels.items()] * 2
+    posts = posts[::2] + posts[1::2][::-1]
+
+    def post(body: list[dict[str, Any]]) -> tuple[str, str]:
+        with httpx.Client(base_url=str(client.base_url), timeout=30) as own:
+            answer = own.post("/v1/feedback", json={"labels": body})
+            return answer.json()["results"][0]["outcome"], answer.headers["x-pickserve-replica"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(post, posts))
+    outcomes = Counter(outcome for outcome, _ in results)
+    assert outcomes == {"accepted": len(labels), "duplicate": len(labels)}
+    assert len({replica for _, replica in results}) == 2, "both replicas took labels"
+    expected = sum(
+        loss_increments(list(item["predictions"].values()), labels[item["item_id"]], item["q"])
+        for item in items
+    )
+    selection = client.get("/v1/selection").json()
+    np.testing.assert_allclose(list(selection["losses"].values()), expected, rtol=1e-9)
+    assert selection["labels"] == len(labels)
+
+
+def test_app_restart_keeps_selection_and_queue(deploy: Deploy, demo: DemoData) -> None:
+    client = deploy(shadow_rate=1.0, gamma=50.0, lease_s=1.0, namespace="restart-app")
+    items = fill_queue(client, demo, n=48)
+    for item in items[:10]:
+        label = int(next(iter(item["predictions"].values())))
+        client.post("/v1/feedback", json={"labels": [{"item_id": item["item_id"], "label": label}]})
+    before = selection_state(client)
+    serve.delete(APP)
+    client = deploy(shadow_rate=1.0, gamma=50.0, lease_s=1.0, namespace="restart-app")
+    assert selection_state(client) == before
+    time.sleep(1.1)  # the leases taken before the restart run out
+    again = client.get("/v1/queries", params={"limit": 500}).json()["items"]
+    assert sorted(i["item_id"] for i in again) == sorted(i["item_id"] for i in items[10:])
+
+
+def test_redis_restart_keeps_state_and_service_recovers(
+    deploy: Deploy, demo: DemoData, tmp_path: Any
+) -> None:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        client = deploy(
+            store="redis", redis_url=server.url, shadow_rate=1.0, gamma=50.0, lease_s=1.0
+        )
+        items = fill_queue(client, demo, n=32)
+        first = items[0]
+        label = int(next(iter(first["predictions"].values())))
+        client.post(
+            "/v1/feedback", json={"labels": [{"item_id": first["item_id"], "label": label}]}
+        )
+        before = selection_state(client)
+        server.stop()
+        down = client.get("/v1/selection")
+        assert down.status_code == 503 and "state store unavailable" in down.text
+        assert client.get("/v2/health/ready").status_code == 503
+        # clients are still answered by the last known model while the store is down
+        served = client.post("/v1/predict", json={"instances": demo.stream_features[:2].tolist()})
+        assert served.status_code == 200 and served.json()["model"] == before["served_model"]
+        server.start()
+        deadline = time.monotonic() + 10
+        while client.get("/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        after = selection_state(client)
+        assert {k: v for k, v in after.items() if k != "step"} == {
+            k: v for k, v in before.items() if k != "step"
+        }
+        time.sleep(1.1)
+        again = client.get("/v1/queries", params={"limit": 500}).json()["items"]
+        assert {i["item_id"] for i in items[1:]} <= {i["item_id"] for i in again}
+    finally:
+        server.stop()
+
+
+def test_hot_swap_under_load_fails_no_request(deploy: Deploy, demo: DemoData) -> None:
+    client = deploy(router_replicas=2, shadow_rate=1.0, gamma=50.0)
+    items = fill_queue(client, demo, n=64)
+    names = list(items[0]["predictions"])
+    stop = threading.Event()
+    failures: list[str] = []
+    seen: Counter[str] = Counter()
+    sent = [0]
+
+    def load() -> None:
+        with httpx.Client(base_url=str(client.base_url), timeout=30) as own:
+            rows = demo.stream_features[:4].tolist()
+            while not stop.is_set() and sent[0] < 5000:
+                try:
+                    answer = own.post("/v1/predict", json={"instances": rows})
+                    if answer.status_code != 200:
+                        failures.append(f"{answer.status_code}: {answer.text[:200]}")
+                    else:
+                        seen[answer.json()["model"]] += 1
+                except httpx.HTTPError as error:
+                    failures.append(repr(error))
+                sent[0] += 1
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        # Labels that agree with one model at a time make it the posterior's best in turn.
+        swaps_before = len(client.get("/v1/selection").json()["swaps"])
+        for favourite, chunk in zip(
+            [names[1], names[2], names[1]], np.array_split(np.arange(len(items)), 3), strict=True
+        ):
+            labels = [
+                {"item_id": items[i]["item_id"], "label": items[i]["predictions"][favourite]}
+                for i in chunk
+            ]
+            answer = client.post("/v1/feedback", json={"labels": labels}).json()
+            time.sleep(1.0)  # every replica serves the new model within 1 s
+            for _ in range(10):
+                served = client.post(
+                    "/v1/predict", json={"instances": demo.stream_features[:1].tolist()}
+                ).json()
+                assert served["model"] == answer["served_model"]
+                assert served["selection_version"] == answer["selection_version"]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    swaps = client.get("/v1/selection").json()["swaps"]
+    assert len(swaps) - swaps_before >= 2
+    assert failures == [] and sent[0] > 50
+    assert len(seen) >= 2, f"clients saw only {dict(seen)}"

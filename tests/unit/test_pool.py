@@ -1,0 +1,94 @@
+"""Pool files: every kind of candidate loads from real files; failures name the candidate."""
+
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from service.pool import PoolLoadError, as_feature_matrix, load_pool
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(60, 4))
+Y = np.arange(60) % 3
+
+
+def write_pool(folder: Path, candidates: str, classes: str = "3") -> Path:
+    path = folder / "pool.yaml"
+    path.write_text(f"n_features: 4\nclasses: {classes}\ncandidates:\n{candidates}")
+    return path
+
+
+@pytest.fixture
+def model_files(tmp_path: Path) -> Path:
+    from skl2onnx import to_onnx
+
+    model = LogisticRegression().fit(X, Y)
+    joblib.dump(model, tmp_path / "logreg.joblib")
+    sliced = LogisticRegression().fit(X[Y != 2], Y[Y != 2])  # knows classes 0 and 1 only
+    joblib.dump(sliced, tmp_path / "sliced.joblib")
+    onnx_model = to_onnx(model, X[:1].astype(np.float32), options={"zipmap": False})
+    (tmp_path / "logreg.onnx").write_bytes(onnx_model.SerializeToString())
+    return tmp_path
+
+
+def test_sklearn_onnx_and_python_candidates_load(model_files: Path) -> None:
+    pool = load_pool(write_pool(model_files, (
+        "  - {name: sk, sklearn: logreg.joblib}\n"
+        "  - {name: slice, sklearn: sliced.joblib}\n"
+        "  - {name: ox, onnx: logreg.onnx}\n"
+        "  - {name: py, python: 'tests.fixtures.models:make_uniform'}\n"
+    )))  # fmt: skip
+    assert pool.names == ["sk", "slice", "ox", "py"]
+    sk, sliced, ox, py = (c.class_probabilities(X[:5]) for c in pool.candidates)
+    np.testing.assert_allclose(ox, sk, atol=1e-5)
+    assert sliced.shape == (5, 3) and np.all(sliced[:, 2] == 0)
+    np.testing.assert_allclose(py, 1 / 3)
+    predictions = pool.predict_all(X[:5])
+    assert predictions.shape == (5, 4) and predictions.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("candidates", "message"),
+    [
+        ("  - {name: a, sklearn: missing.joblib}\n  - {name: b, sklearn: logreg.joblib}\n", "'a' failed to load"),
+        ("  - {name: a, sklearn: logreg.joblib}\n  - {name: bad, python: 'tests.fixtures.models:make_broken'}\n",
+         "'bad' failed to load: RuntimeError: weights are corrupt"),
+        ("  - {name: a, sklearn: logreg.joblib}\n  - {name: nomod, python: 'no_such_module:f'}\n", "'nomod' failed"),
+        ("  - {name: a, sklearn: logreg.joblib}\n", "at least 2"),
+        ("  - {name: a, sklearn: logreg.joblib}\n  - {name: a, onnx: logreg.onnx}\n", "unique"),
+        ("  - {name: a, sklearn: logreg.joblib, onnx: logreg.onnx}\n  - {name: b, onnx: logreg.onnx}\n", "exactly one"),
+    ],
+)  # fmt: skip
+def test_bad_pools_fail_with_the_candidate_named(
+    model_files: Path, candidates: str, message: str
+) -> None:
+    with pytest.raises(PoolLoadError, match=message):
+        load_pool(write_pool(model_files, candidates))
+
+
+def test_class_count_mismatch_is_named(model_files: Path) -> None:
+    """sklearn's classes_ place a 3-class model in a 5-class pool; ONNX has no such map."""
+    path = write_pool(
+        model_files,
+        "  - {name: a, sklearn: logreg.joblib}\n  - {name: b, onnx: logreg.onnx}\n",
+        "5",
+    )
+    with pytest.raises(
+        PoolLoadError, match="'b' failed to load.*3 class probabilities, the pool has 5"
+    ):
+        load_pool(path)
+
+
+def test_missing_pool_file(tmp_path: Path) -> None:
+    with pytest.raises(PoolLoadError, match="does not exist"):
+        load_pool(tmp_path / "nope.yaml")
+
+
+def test_feature_validation() -> None:
+    assert as_feature_matrix([[1, 2], [3, 4]], 2).shape == (2, 2)
+    with pytest.raises(ValueError, match="2 features, got lengths \\[1, 2\\]"):
+        as_feature_matrix([[1], [3, 4]], 2)
+    with pytest.raises(ValueError, match="finite"):
+        as_feature_matrix([[1, float("nan")]], 2)

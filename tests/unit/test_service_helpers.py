@@ -1,0 +1,62 @@
+"""Pure parts of the service: label checks, OIP v2 decoding, metrics rendering."""
+
+import numpy as np
+import pytest
+
+from picker import PickerState
+from service import v2
+from service.labeling import check_labels
+from service.metrics import LocalCounters, render
+from service.schemas import Label, V2Tensor
+from service.store import StoredSelection
+
+
+def test_check_labels_flags_out_of_range_and_repeats() -> None:
+    labels = [
+        Label(item_id="a", label=1),
+        Label(item_id="b", label=10),
+        Label(item_id="a", label=2),
+    ]
+    problems = check_labels(labels, 10)
+    assert [(p.item_id, p.outcome) for p in problems] == [("b", "invalid"), ("a", "invalid")]
+    assert check_labels(labels[:1], 10) == []
+
+
+def test_v2_instances_accept_flat_and_nested_data() -> None:
+    flat = V2Tensor(name="x", shape=[2, 2], datatype="FP64", data=[1, 2, 3, 4])
+    nested = V2Tensor(name="x", shape=[2, 2], datatype="FP64", data=[[1, 2], [3, 4]])
+    assert v2.instances(flat, 2) == v2.instances(nested, 2) == [[1.0, 2.0], [3.0, 4.0]]
+    assert v2.instances(V2Tensor(name="x", shape=[2], datatype="FP32", data=[5, 6]), 2) == [
+        [5.0, 6.0]
+    ]
+    with pytest.raises(ValueError, match="does not make rows"):
+        v2.instances(V2Tensor(name="x", shape=[3, 2], datatype="FP64", data=[1, 2, 3, 4]), 2)
+    with pytest.raises(ValueError, match="non-numeric"):
+        v2.instances(V2Tensor(name="x", shape=[1, 2], datatype="FP64", data=["a", "b"]), 2)
+
+
+def test_metrics_render_counters_histogram_and_state() -> None:
+    counters = LocalCounters()
+    counters.inc("requests", "m1")
+    counters.inc("labels", "accepted", value=3)
+    counters.observe_latency("m1", 0.003)
+    counters.observe_latency("m1", 7.0)
+    stored = counters.drain()
+    assert counters.drain() == {}
+    counters.restore({"requests|m1": 2.0})
+    assert counters.drain() == {"requests|m1": 2.0}
+    selection = StoredSelection(
+        PickerState((0.0, 30.0), step=100), served=1, version=2, model_names=["m1", "m2"]
+    )
+    text = render(stored, selection, queue_depth=4).decode()
+    assert 'pickserve_requests_total{model="m1"} 1.0' in text
+    assert 'pickserve_labels_total{outcome="accepted"} 3.0' in text
+    assert 'pickserve_request_latency_seconds_bucket{le="0.005",model="m1"} 1.0' in text
+    assert 'pickserve_request_latency_seconds_bucket{le="+Inf",model="m1"} 2.0' in text
+    assert (
+        'pickserve_best_model{model="m1"} 1.0' in text
+        and 'pickserve_served_model{model="m2"} 1.0' in text
+    )
+    assert "pickserve_label_queue_depth 4.0" in text and "pickserve_selection_version 2.0" in text
+    weight = float(text.split('pickserve_posterior_weight{model="m1"} ')[1].split()[0])
+    np.testing.assert_allclose(weight, selection.picker.weights()[0])
