@@ -76,7 +76,7 @@ def test_class_count_mismatch_is_named(model_files: Path) -> None:
         "5",
     )
     with pytest.raises(
-        PoolLoadError, match="'b' failed to load.*3 class probabilities, the pool has 5"
+        PoolLoadError, match=r"'b' failed to load.*3 class probabilities, the pool has 5"
     ):
         load_pool(path)
 
