@@ -39,7 +39,10 @@ def build(settings: Settings) -> Application:
         num_replicas=settings.router_replicas,
         user_config=settings.knobs.model_dump(),
     )
-    application: Application = router.bind(candidates, settings.model_dump_json(), pool_file)
+    # The knobs travel only as user_config: changing them must not change the init args,
+    # or Ray Serve would restart the replicas instead of calling reconfigure().
+    settings_json = settings.model_dump_json(exclude={"knobs"})
+    application: Application = router.bind(candidates, settings_json, pool_file)
     return application
 
 

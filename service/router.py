@@ -7,12 +7,12 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
@@ -38,6 +38,16 @@ COUNTER_FLUSH_S = 0.5
 T = TypeVar("T")
 
 
+@api.middleware("http")
+async def tag_replica(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """Every response names the replica that answered (x-pickserve-replica)."""
+    response = await call_next(request)
+    response.headers["x-pickserve-replica"] = serve.get_replica_context().replica_id.unique_id
+    return response
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)
 @serve.ingress(api)
 class Router:
@@ -58,7 +68,6 @@ class Router:
         self.selection_read_at = time.monotonic()
         self.last_flush = time.monotonic()
         self.shadow_in_flight = 0
-        self.replica_id = serve.get_replica_context().replica_id.unique_id
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Ray Serve's user_config: the picker's knobs change without a restart."""
@@ -292,8 +301,7 @@ class Router:
             served_model=self.names[selection.served],
             selection_version=selection.version,
         )
-        headers = {"x-pickserve-replica": self.replica_id}
-        return JSONResponse(response.model_dump(), status_code=status, headers=headers)
+        return JSONResponse(response.model_dump(), status_code=status)
 
     # ---- selection, rounds, metrics ----------------------------------------------------
 

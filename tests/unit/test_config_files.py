@@ -1,0 +1,33 @@
+"""The shipped Ray Serve and KubeRay configs are valid pickserve settings."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.schemas import RuntimeKnobs
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def serve_configs() -> list[dict]:  # type: ignore[type-arg]
+    rayservice = yaml.safe_load((ROOT / "k8s" / "rayservice.yaml").read_text())
+    return [
+        yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text()),
+        yaml.safe_load(rayservice["spec"]["serveConfigV2"]),
+    ]
+
+
+@pytest.mark.parametrize("config", serve_configs())
+def test_serve_config_builds_settings_and_knobs(config: dict) -> None:  # type: ignore[type-arg]
+    (app,) = config["applications"]
+    assert app["import_path"] == "service.app:build_app"
+    Settings(**app["args"])
+    (router,) = [d for d in app["deployments"] if d["name"] == "Router"]
+    RuntimeKnobs(**router["user_config"])
+
+
+def test_unknown_knob_is_rejected() -> None:
+    with pytest.raises(ValueError, match="Extra inputs"):
+        RuntimeKnobs(gama=3.0)  # type: ignore[call-arg]
