@@ -66,7 +66,7 @@ class Router:
         self.counters = LocalCounters()
         self.selection: StoredSelection = self.store.selection()
         self.selection_read_at = time.monotonic()
-        self.last_flush = time.monotonic()
+        self.flusher: asyncio.Task[None] | None = None
         self.shadow_in_flight = 0
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -170,9 +170,15 @@ class Router:
             self.counters.inc("queries", value=queued)
 
     def _maybe_flush(self) -> None:
-        if time.monotonic() - self.last_flush >= COUNTER_FLUSH_S:
-            self.last_flush = time.monotonic()
-            asyncio.get_running_loop().create_task(self._flush())
+        """Keep a background task adding this replica's counts to the store every
+        COUNTER_FLUSH_S, so a replica that falls quiet holds back nothing."""
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(COUNTER_FLUSH_S)
+            await self._flush()
 
     async def _flush(self) -> None:
         deltas = self.counters.drain()

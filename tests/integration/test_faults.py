@@ -61,6 +61,17 @@ def test_concurrent_labels_through_two_replicas(deploy: Deploy, demo: DemoData, 
     selection = client.get("/v1/selection").json()
     np.testing.assert_allclose(list(selection["losses"].values()), expected, rtol=1e-9)
     assert selection["labels"] == len(labels)
+    # /metrics reads the same whichever replica answers (after the 0.5 s counter flush)
+    time.sleep(1.5)
+    scrapes: dict[str, set[str]] = {}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for answer in pool.map(lambda _: httpx.get(f"{client.base_url}/metrics"), range(16)):
+            scrapes.setdefault(answer.headers["x-pickserve-replica"], set()).add(answer.text)
+    assert len(scrapes) == 2 and len(set.union(*scrapes.values())) == 1
+    assert (
+        f'pickserve_labels_total{{outcome="accepted"}} {float(len(labels))}'
+        in next(iter(scrapes.values())).pop()
+    )
 
 
 def test_app_restart_keeps_selection_and_queue(deploy: Deploy, demo: DemoData) -> None:
