@@ -15,7 +15,9 @@ class Strict(BaseModel):
 class RuntimeKnobs(Strict):
     """Knobs changed at run time through Ray Serve's user_config (no restart)."""
 
-    gamma: float = Field(8.0, gt=0, le=1e6, description="ModelPicker's query scale")
+    gamma: float = Field(
+        1.0, gt=0, le=1e6, description="ModelPicker's query scale (calibrate: python -m picker)"
+    )
     shadow_rate: float = Field(
         0.5, ge=0, le=1, description="share of served items also run through every candidate"
     )
