@@ -18,14 +18,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from picker import decide_queries
 from service import schemas, v2
 from service.labeling import apply_labels, check_labels, swap_if_best_changed
 from service.metrics import LocalCounters, render
 from service.pool import FloatMatrix, PoolSpec, as_feature_matrix, read_pool_spec
 from service.schemas import RuntimeKnobs
 from service.settings import Settings
-from service.store import QueuedItem, StateStore, StoredSelection, StoreError, open_store
+from service.shadow import ShadowEvaluator
+from service.store import StateStore, StoredSelection, StoreError, open_store
 
 logger = logging.getLogger("pickserve")
 api = FastAPI(
@@ -67,7 +67,9 @@ class Router:
         self.selection: StoredSelection = self.store.selection()
         self.selection_read_at = time.monotonic()
         self.flusher: asyncio.Task[None] | None = None
-        self.shadow_in_flight = 0
+        self.shadow = ShadowEvaluator(
+            candidates, self.store, self.counters, self.settings.shadow_max_in_flight
+        )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Ray Serve's user_config: the picker's knobs change without a restart."""
@@ -128,46 +130,9 @@ class Router:
         selection = await self._current()
         probabilities = await self._run_model(selection.served, features)
         item_ids = [uuid.uuid4().hex for _ in range(len(features))]
-        self._start_shadow(features, item_ids)
+        self.shadow.start(features, item_ids, self.knobs, self.rng)
         self._maybe_flush()
         return selection, probabilities, item_ids
-
-    def _start_shadow(self, features: FloatMatrix, item_ids: list[str]) -> None:
-        chosen = np.flatnonzero(self.rng.random(len(features)) < self.knobs.shadow_rate)
-        if chosen.size == 0:
-            return
-        if self.shadow_in_flight >= self.settings.shadow_max_in_flight:
-            self.counters.inc("shadow_items", "shed", value=chosen.size)
-            return
-        self.shadow_in_flight += 1
-        task = asyncio.get_running_loop().create_task(
-            self._shadow(features[chosen], [item_ids[i] for i in chosen])
-        )
-        task.add_done_callback(self._shadow_done)
-
-    def _shadow_done(self, task: asyncio.Task[None]) -> None:
-        self.shadow_in_flight -= 1
-        if not task.cancelled() and task.exception() is not None:
-            self.counters.inc("errors", "shadow")
-            logger.warning("shadow evaluation failed: %s", task.exception())
-
-    async def _shadow(self, features: FloatMatrix, item_ids: list[str]) -> None:
-        predictions = await self.candidates.shadow.remote(features)
-        before = await asyncio.to_thread(self.store.advance, len(features))
-        decisions = decide_queries(
-            before.loss_array, before.step + 1, predictions, self.knobs.gamma,
-            before.queries_left, self.rng,
-        )  # fmt: skip
-        self.counters.inc("shadow_items", "done", value=len(features))
-        now = time.time()
-        items = [
-            QueuedItem(item_ids[i], before.round, float(decisions.q[i]),
-                       predictions[i].tolist(), features[i].tolist(), now)
-            for i in np.flatnonzero(decisions.query)
-        ]  # fmt: skip
-        if items:
-            queued = await asyncio.to_thread(self.store.enqueue, before.round, items, before.budget)
-            self.counters.inc("queries", value=queued)
 
     def _maybe_flush(self) -> None:
         """Keep a background task adding this replica's counts to the store every

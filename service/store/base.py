@@ -17,6 +17,12 @@ from picker import PickerState
 CommitOutcome = Literal["accepted", "duplicate", "unknown"]
 
 
+# Swap records returned with a selection: the most recent ones (the full log stays stored).
+RECENT_SWAPS = 200
+# How long an item's record is kept (past the query TTL, so late labels read "duplicate").
+ITEM_RETENTION_S = 60 * 86_400
+
+
 class StoreError(RuntimeError):
     """The store failed or refused (unreachable, or holding another pool's state)."""
 
@@ -52,7 +58,8 @@ class StateStore(Protocol):
     def initialise(self, model_names: Sequence[str], served: int, budget: int | None) -> None:
         """Create the state if absent; refuse state that belongs to another pool."""
 
-    def selection(self) -> StoredSelection: ...
+    def selection(self) -> StoredSelection:
+        """Picker state, served model, version and the RECENT_SWAPS latest swaps."""
 
     def advance(self, n_items: int) -> PickerState:
         """t += n_items atomically; returns the state as it was *before* (t = first - 1)."""

@@ -15,10 +15,15 @@ from typing import Any
 import redis
 
 from picker import PickerState
-from service.store.base import CommitOutcome, QueuedItem, StoredSelection, StoreError, check_pool
-
-# How long an item's record is kept (past the query TTL, so late labels read "duplicate").
-ITEM_RETENTION_S = 60 * 86_400
+from service.store.base import (
+    ITEM_RETENTION_S,
+    RECENT_SWAPS,
+    CommitOutcome,
+    QueuedItem,
+    StoredSelection,
+    StoreError,
+    check_pool,
+)
 
 _ENQUEUE = """
 local meta, available, prefix = KEYS[1], KEYS[2], ARGV[1]
@@ -178,7 +183,7 @@ class RedisStore:
     def selection(self) -> StoredSelection:
         meta, losses, swaps = self._read(
             ("hgetall", (self._meta,)), ("hgetall", (self._losses,)),
-            ("lrange", (self._swaps, 0, -1)),
+            ("lrange", (self._swaps, -RECENT_SWAPS, -1)),
         )  # fmt: skip
         if "n_models" not in meta:
             raise StoreError("redis store is not initialised")

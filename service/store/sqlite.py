@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from picker import PickerState
-from service.store.base import CommitOutcome, QueuedItem, StoredSelection, StoreError, check_pool
+from service.store.base import (
+    ITEM_RETENTION_S,
+    RECENT_SWAPS,
+    CommitOutcome,
+    QueuedItem,
+    StoredSelection,
+    StoreError,
+    check_pool,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -103,7 +111,10 @@ class SQLiteStore:
             meta = self._meta(db)
             if "models" not in meta:
                 raise StoreError(f"embedded store {self.path} is not initialised")
-            swaps = [json.loads(r) for (r,) in db.execute("SELECT record FROM swaps ORDER BY seq")]
+            recent = db.execute(
+                "SELECT record FROM swaps ORDER BY seq DESC LIMIT ?", (RECENT_SWAPS,)
+            ).fetchall()
+            swaps = [json.loads(r) for (r,) in reversed(recent)]
             return StoredSelection(
                 picker=self._picker_state(db, meta),
                 served=int(meta["served"]),
@@ -142,6 +153,7 @@ class SQLiteStore:
                 "UPDATE items SET status = 'expired' WHERE status = 'pending' AND created < ?",
                 (now - ttl_s,),
             )
+            db.execute("DELETE FROM items WHERE created < ?", (now - ITEM_RETENTION_S,))
             rows = db.execute(
                 "SELECT id, payload FROM items WHERE status = 'pending' AND available <= ? "
                 "ORDER BY available, created LIMIT ?",

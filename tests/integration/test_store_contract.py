@@ -245,3 +245,25 @@ def test_redis_unreachable_is_a_store_error() -> None:
     store = RedisStore(redis.Redis(port=1, socket_connect_timeout=0.2))
     with pytest.raises(StoreError, match="redis"):
         store.selection()
+
+
+def test_selection_returns_the_most_recent_swaps(store: StateStore) -> None:
+    from service.store.base import RECENT_SWAPS
+
+    for version in range(RECENT_SWAPS + 5):
+        assert store.swap(version, version % 3, {"n": version})
+    swaps = store.selection().swaps
+    assert len(swaps) == RECENT_SWAPS
+    assert swaps[0] == {"n": 5} and swaps[-1] == {"n": RECENT_SWAPS + 4}
+    assert store.selection().version == RECENT_SWAPS + 5
+
+
+def test_old_item_records_are_purged(store: StateStore) -> None:
+    from service.store.base import ITEM_RETENTION_S
+
+    store.enqueue(0, [queued("old", now=0.0)], budget=None)
+    store.commit_label("old", 0, [1.0, 0.0, 0.0], 1.0, TTL)
+    store.lease(5, now=ITEM_RETENTION_S + 10.0, lease_s=60.0, ttl_s=TTL)
+    if isinstance(store, SQLiteStore):  # Redis expires the key itself (EXPIRE)
+        assert store.item("old") is None
+    assert store.selection().picker.labels == 1
