@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +34,9 @@ def demo(state_dir: Path) -> DemoData:
 
 @pytest.fixture(scope="session")
 def serve_port() -> Iterator[int]:
+    # Ray workers inherit this, so pools can name test-only factories (tests.fixtures...).
+    root = str(Path(__file__).resolve().parents[2])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     port = free_port()
     ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -57,6 +61,7 @@ class Deployer:
         replicas = knobs.pop("router_replicas", 1)
         settings = Settings(
             state_dir=self.state_dir, store=store, redis_url=knobs.pop("redis_url", self.redis_url),
+            pool=knobs.pop("pool", None),
             store_namespace=namespace or uuid.uuid4().hex, router_replicas=replicas,
             max_batch_size=64, knobs=RuntimeKnobs(**{"seed": 7, **knobs}),
         )  # fmt: skip
