@@ -89,10 +89,9 @@ class Router:
             logger.warning("state store failed: %s", error)
             raise HTTPException(503, f"state store unavailable: {error}") from error
 
-    async def _current(self, fresh: bool = False) -> StoredSelection:
+    async def _current(self) -> StoredSelection:
         """The selection, re-read at most every selection_refresh_s (hot swap < 1 s)."""
-        stale = time.monotonic() - self.selection_read_at > self.settings.selection_refresh_s
-        if fresh or stale:
+        if time.monotonic() - self.selection_read_at > self.settings.selection_refresh_s:
             try:
                 self.selection = await asyncio.to_thread(self.store.selection)
                 self.selection_read_at = time.monotonic()
@@ -118,7 +117,11 @@ class Router:
             probabilities: FloatMatrix = await self.candidates.answer.remote((index, features))
         except Exception as error:
             self.counters.inc("errors", "model")
-            raise HTTPException(503, f"model {self.names[index]!r} failed: {error}") from error
+            logger.warning("model %s failed: %s", self.names[index], error)
+            # Ray wraps the model's exception in its remote traceback; the client gets the
+            # exception's own line, the log gets the rest.
+            reason = str(error).strip().splitlines()[-1]
+            raise HTTPException(503, f"model {self.names[index]!r} failed: {reason}") from error
         model = self.names[index]
         self.counters.inc("requests", model)
         self.counters.inc("items_served", model, value=len(features))
