@@ -12,7 +12,6 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -103,7 +102,7 @@ def _latency_family(stored: Mapping[str, float]) -> Metric:
 def _state_families(selection: StoredSelection, queue_depth: int) -> Iterable[Metric]:
     names = selection.model_names
     weights = selection.picker.weights()
-    best = int(np.argmin(selection.picker.loss_array))
+    best = selection.best
     indices = range(len(names))
     gauges: list[tuple[str, str, Iterable[float]]] = [
         ("posterior_weight", "Posterior probability that the model is the best", weights.tolist()),

@@ -289,7 +289,7 @@ class Router:
             label_budget=picker.budget,
             posterior=dict(zip(self.names, picker.weights().tolist(), strict=True)),
             losses=dict(zip(self.names, picker.losses, strict=True)),
-            best_model=self.names[int(np.argmin(picker.loss_array))],
+            best_model=self.names[selection.best],
             served_model=self.names[selection.served], selection_version=selection.version,
             swaps=[schemas.SwapRecord.model_validate(s) for s in selection.swaps],
         )  # fmt: skip

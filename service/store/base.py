@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import numpy as np
+
 from picker import PickerState
 
 CommitOutcome = Literal["accepted", "duplicate", "unknown"]
@@ -52,6 +54,11 @@ class StoredSelection:
     version: int
     model_names: list[str]
     swaps: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def best(self) -> int:
+        """The posterior's best model: argmax w = argmin L (the first one on ties)."""
+        return int(np.argmin(self.picker.loss_array))
 
 
 class StateStore(Protocol):
