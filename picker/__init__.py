@@ -7,7 +7,15 @@ baselines (`picker.baselines`) and the offline replay and calibration tools.
 
 from picker.baselines import entropy_query_probability, random_query_probability
 from picker.data import PickerInputError, Pool, load_pool, make_pool
-from picker.decisions import PickerConfig, QueryDecisions, decide, decide_queries, served_model
+from picker.decisions import (
+    DEFAULT_GAMMA,
+    PickerConfig,
+    QueryDecisions,
+    cap_queries,
+    decide,
+    decide_queries,
+    served_model,
+)
 from picker.modelpicker import (
     best_model,
     compact_classes,
@@ -31,6 +39,7 @@ from picker.state import (
 )
 
 __all__ = [
+    "DEFAULT_GAMMA",
     "STATE_VERSION",
     "PickerConfig",
     "PickerInputError",
@@ -39,6 +48,7 @@ __all__ = [
     "QueryDecisions",
     "apply_increments",
     "best_model",
+    "cap_queries",
     "compact_classes",
     "decide",
     "decide_queries",

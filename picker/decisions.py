@@ -24,6 +24,10 @@ from picker.modelpicker import (
 )
 from picker.state import PickerState, observe, record_queries
 
+# The one default of the query scale, for the picker and the service alike: chosen by
+# replaying the demo pool (README, "The service").
+DEFAULT_GAMMA = 1.0
+
 
 @dataclass(frozen=True)
 class PickerConfig:
@@ -35,7 +39,7 @@ class PickerConfig:
         exceeds the served model's by more than this (0: follow the best exactly).
     """
 
-    gamma: float = 10.0
+    gamma: float = DEFAULT_GAMMA
     budget: int | None = None
     switch_margin: float = 0.0
 
@@ -72,10 +76,16 @@ def decide_queries(
     eta = learning_rates(steps, preds.shape[1])
     weights = posterior(np.asarray(losses, dtype=np.float64), eta)
     q = query_probability(preds, weights, gamma, eta)
-    query = draw_queries(q, rng)
-    if queries_left is not None:
-        query &= np.cumsum(query) <= queries_left
+    query = cap_queries(draw_queries(q, rng), queries_left)
     return QueryDecisions(steps=steps, eta=eta, q=q, query=query)
+
+
+def cap_queries(query: BoolArray, queries_left: int | None) -> BoolArray:
+    """The round's label budget: keep the first `queries_left` queries of a batch, in order."""
+    if queries_left is None:
+        return query
+    capped: BoolArray = query & (np.cumsum(query) <= queries_left)
+    return capped
 
 
 def decide(
