@@ -1,9 +1,11 @@
 """A real redis-server for tests: own free port and folder, append-only file on, so that
-it can be stopped and started again with its data."""
+it can be stopped and started again with its data, paused (SIGSTOP) and resumed."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -19,12 +21,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, settings: dict[str, str] | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
         self.binary, self.folder, self.port = binary, folder, free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.settings = {"appendonly": "yes", "appendfsync": "always", **(settings or {})}
         folder.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -34,8 +37,10 @@ class RedisServer:
     def start(self) -> None:
         command = [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-            "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no",
+            "--save", "", "--protected-mode", "no",
         ]  # fmt: skip
+        for name, value in self.settings.items():
+            command += [f"--{name}", value]
         log = (self.folder / "redis.log").open("ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
@@ -60,3 +65,12 @@ class RedisServer:
             self.process.terminate()
         self.process.wait(timeout=20)
         self.process = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the server stalls; the kernel still accepts connections and bytes."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)

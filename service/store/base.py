@@ -1,9 +1,14 @@
-"""The state store: one small interface for everything pickserve must not lose.
+"""The storage contract: primitives only, no policy.
 
-Picker state (losses, step, queries, labels, round, budget), the served model and its
-version, the label queue with leases, the swap log, and metric counters. Every method is
-one atomic step, so any number of replicas can share a store: the picker's math stays in
-`picker/`, and the store only adds the numbers it is given.
+A backend stores versioned JSON documents, hashes of float counters, scored queues and
+capped logs, and applies a whole transaction (`Txn`) atomically. Every rule of the live
+state (budget, leases, expiry, rounds, swaps) lives above this contract, in
+`service.rules`, applied by `service.live.LiveState`. A backend may use Lua or SQL to make
+a primitive atomic, never to decide anything.
+
+Three implementations share `tests/integration/test_store_contract.py`: `MemoryBackend`
+(in-process, for unit tests and one-replica throwaway runs), `SQLiteBackend` (the embedded
+default) and `RedisBackend`.
 """
 
 from __future__ import annotations
@@ -12,99 +17,123 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import numpy as np
-
-from picker import PickerState
-
-CommitOutcome = Literal["accepted", "duplicate", "unknown"]
-
-
-# Swap records returned with a selection: the most recent ones (the full log stays stored).
-RECENT_SWAPS = 200
-# How long an item's record is kept (past the query TTL, so late labels read "duplicate").
-ITEM_RETENTION_S = 60 * 86_400
+JSON = Any
+Status = Literal["applied", "replayed", "conflict"]
 
 
 class StoreError(RuntimeError):
-    """The store failed or refused (unreachable, or holding another pool's state)."""
+    """The store failed or refused.
+
+    `ambiguous` is True when a write may or may not have been applied (a timeout after the
+    command was sent): repeating it with the same op key is safe and tells the truth.
+    """
+
+    def __init__(self, message: str, ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.ambiguous = ambiguous
 
 
 @dataclass(frozen=True)
-class QueuedItem:
-    """An item the picker chose for labeling, with what a labeler and the update need."""
+class Doc:
+    """A stored document and its version (1 on creation, +1 on every write)."""
 
-    item_id: str
-    round: int
-    q: float
-    predictions: list[int]
-    instance: list[float]
-    created_at: float
-    status: str = "pending"
-    lease_expires_at: float = 0.0
-
-    def payload(self) -> dict[str, Any]:
-        return {"round": self.round, "q": self.q, "predictions": self.predictions,
-                "instance": self.instance, "created_at": self.created_at}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class StoredSelection:
-    picker: PickerState
-    served: int
     version: int
-    model_names: list[str]
-    swaps: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def best(self) -> int:
-        """The posterior's best model: argmax w = argmin L (the first one on ties)."""
-        return int(np.argmin(self.picker.loss_array))
+    value: dict[str, JSON]
 
 
-class StateStore(Protocol):
-    def initialise(self, model_names: Sequence[str], served: int, budget: int | None) -> None:
-        """Create the state if absent; refuse state that belongs to another pool."""
+@dataclass(frozen=True)
+class Put:
+    """Write (or, with value None, delete) a document; it vanishes at `expire_at` (unix s)."""
 
-    def selection(self) -> StoredSelection:
-        """Picker state, served model, version and the RECENT_SWAPS latest swaps."""
+    value: dict[str, JSON] | None
+    expire_at: float | None = None
 
-    def advance(self, n_items: int) -> PickerState:
-        """t += n_items atomically; returns the state as it was *before* (t = first - 1)."""
 
-    def enqueue(self, round_number: int, items: Sequence[QueuedItem], budget: int | None) -> int:
-        """Queue items of `round_number` while the budget allows; returns how many."""
+@dataclass(frozen=True)
+class Txn:
+    """One atomic step. If `op` was applied before (and its record is still kept), nothing is
+    written and the recorded result comes back ("replayed"). Otherwise, if every document in
+    `expect` has the given version (0: absent), all writes are applied and `result` is
+    recorded under `op` ("applied"); else nothing is written ("conflict")."""
 
-    def lease(self, limit: int, now: float, lease_s: float, ttl_s: float) -> list[QueuedItem]:
-        """Hand out up to `limit` unexpired queued items nobody holds, for `lease_s`."""
+    op: str
+    expect: Mapping[str, int] = field(default_factory=dict)
+    put: Mapping[str, Put] = field(default_factory=dict)
+    add: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    push: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    pull: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    drop: Sequence[str] = ()
+    append: Mapping[str, Sequence[JSON]] = field(default_factory=dict)
+    result: JSON = None
 
-    def item(self, item_id: str) -> QueuedItem | None: ...
+    def doc_keys(self) -> set[str]:
+        return set(self.expect) | set(self.put)
 
-    def commit_label(
-        self, item_id: str, round_number: int, increments: Sequence[float], now: float, ttl_s: float
-    ) -> CommitOutcome:
-        """Apply one label's loss increments once, if the item is still pending."""
 
-    def swap(self, expected_version: int, to_model: int, record: Mapping[str, Any]) -> bool:
-        """Serve `to_model` if the version is still `expected_version` (compare-and-set)."""
+@dataclass(frozen=True)
+class Committed:
+    status: Status
+    result: JSON = None
 
-    def start_round(self, budget: int | None) -> int: ...
 
-    def set_budget(self, budget: int | None) -> None: ...
+class Backend(Protocol):
+    """Storage primitives. Every call is atomic and has a bounded cost (noted per method)."""
 
-    def queue_depth(self, now: float, ttl_s: float) -> int: ...
+    def read(self, keys: Sequence[str]) -> dict[str, Doc]:
+        """The documents that exist (and have not expired) among `keys`, in one snapshot."""
 
-    def add_counters(self, deltas: Mapping[str, float]) -> None: ...
+    def commit(self, txn: Txn) -> Committed:
+        """Apply `txn` atomically (see `Txn`). Cost: the size of the transaction."""
 
-    def counters(self) -> dict[str, float]: ...
+    def take(
+        self, queue: str, lowest: float, highest: float, limit: int, new_score: float
+    ) -> list[str]:
+        """Up to `limit` members with lowest <= score <= highest, lowest score first; each is
+        re-scored to `new_score` (a visibility timeout). Cost: log(size) + limit."""
+
+    def count(self, queue: str, lowest: float) -> int:
+        """Members with score >= lowest. Cost: log(size) on Redis and SQLite."""
+
+    def trim(self, queue: str, below: float, limit: int) -> int:
+        """Remove up to `limit` members with score < below; returns how many. Cost: limit."""
+
+    def counters(self, key: str) -> dict[str, float]:
+        """A hash of float counters (empty if absent)."""
+
+    def log(self, key: str, last: int) -> list[JSON]:
+        """The `last` newest records of a capped log, oldest first."""
+
+    def purge(self, limit: int) -> int:
+        """Forget up to `limit` expired documents and op records (Redis expires natively)."""
 
     def ping(self) -> None: ...
 
     def close(self) -> None: ...
 
 
-def check_pool(stored: Sequence[str], wanted: Sequence[str], where: str) -> None:
-    if list(stored) != list(wanted):
-        raise StoreError(
-            f"{where} holds state for the pool {list(stored)}, not {list(wanted)}: "
-            "use another store namespace (PICKSERVE_STORE_NAMESPACE) or remove that state"
-        )
+@dataclass(frozen=True)
+class Retention:
+    """How long the state keeps what it keeps; every store honours the same numbers.
+
+    op_s: op records (what makes a repeated write a no-op) outlive any retry by far.
+    log_cap: swap records kept (the newest).
+    item_s: an item's record lives this long after it was queued, so that a late label is
+        answered 'expired' rather than 'never queued'; keep it above the query TTL.
+    """
+
+    op_s: float = 3600.0
+    log_cap: int = 1000
+    item_s: float = 7 * 86_400.0
+
+    def __post_init__(self) -> None:
+        if self.op_s <= 0 or self.log_cap < 1 or self.item_s <= 0:
+            raise ValueError("retention must be positive")
+
+
+def conflicting_key(txn: Txn, versions: Mapping[str, int]) -> str | None:
+    """The first expected document whose stored version differs (shared by the in-process
+    backends; the Redis script does the same check on the server)."""
+    for key, version in txn.expect.items():
+        if versions.get(key, 0) != version:
+            return key
+    return None

@@ -1,278 +1,215 @@
-"""The Redis store: shared by every replica on every node, survives app restarts.
+"""The Redis backend: shared by every replica on every node, survives restarts.
 
-Each operation that reads and then writes is one Lua script, so it runs atomically on the
-server; plain reads use MULTI/EXEC. Keys share the hash tag `{namespace}` so one pickserve
-state lives in one Redis Cluster slot. Run Redis with `appendonly yes` (and
-`appendfsync always` where losing the last second of labels on power loss is not fine).
+Documents are hashes {v: version, d: JSON}; a transaction is one Lua script that checks the
+op record and the expected versions, then applies the writes: it interprets a `Txn`, it
+decides nothing. Keys share the hash tag `{namespace}`, so one pickserve state lives in one
+Redis Cluster slot. Calls have short timeouts and are never retried by the client library:
+a write that timed out is reported as ambiguous (`StoreError.ambiguous`), and the caller
+repeats it with the same op key, which makes the repeat a no-op.
+
+Redis must keep what it acknowledged: `appendonly yes` and `maxmemory-policy noeviction`
+are checked at start-up (`check_durability`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from picker import PickerState
-from service.store.base import (
-    ITEM_RETENTION_S,
-    RECENT_SWAPS,
-    CommitOutcome,
-    QueuedItem,
-    StoredSelection,
-    StoreError,
-    check_pool,
-)
-
-_ENQUEUE = """
-local meta, available, prefix = KEYS[1], KEYS[2], ARGV[1]
-if tonumber(redis.call('HGET', meta, 'round')) ~= tonumber(ARGV[2]) then return 0 end
-local budget, now, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local queries = tonumber(redis.call('HGET', meta, 'queries'))
-local accepted = 0
-for i = 6, #ARGV, 2 do
-  if budget >= 0 and queries >= budget then break end
-  local key = prefix .. ARGV[i]
-  if redis.call('EXISTS', key) == 0 then
-    redis.call('HSET', key, 'payload', ARGV[i + 1], 'round', ARGV[2], 'created', now,
-               'status', 'pending', 'available', now)
-    redis.call('EXPIRE', key, math.ceil(ttl))
-    redis.call('ZADD', available, now, ARGV[i])
-    queries = queries + 1
-    accepted = accepted + 1
-  end
-end
-redis.call('HSET', meta, 'queries', queries)
-return accepted
-"""
-
-_LEASE = """
-local available, prefix = KEYS[1], ARGV[1]
-local now, lease_s, ttl, limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
-  tonumber(ARGV[5])
-local leased, count = {}, 0
-while count < limit do
-  local ids = redis.call('ZRANGEBYSCORE', available, '-inf', now, 'LIMIT', 0, limit)
-  if #ids == 0 then break end
-  for _, id in ipairs(ids) do
-    local key = prefix .. id
-    local created = tonumber(redis.call('HGET', key, 'created'))
-    redis.call('ZREM', available, id)
-    if created == nil or created < now - ttl then
-      if created ~= nil then redis.call('HSET', key, 'status', 'expired') end
-    elseif count < limit then
-      count = count + 1
-      redis.call('ZADD', available, now + lease_s, id)
-      redis.call('HSET', key, 'available', now + lease_s)
-      table.insert(leased, id)
-      table.insert(leased, redis.call('HGET', key, 'payload'))
-    else
-      redis.call('ZADD', available, created, id)
-    end
-  end
-end
-return leased
-"""
+from service.store.base import JSON, Committed, Doc, Retention, StoreError, Txn
 
 _COMMIT = """
-local meta, losses, key, available = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local status = redis.call('HGET', key, 'status')
-if not status or status == 'expired' then return 'unknown' end
-if status == 'labeled' then return 'duplicate' end
-local round = tonumber(ARGV[1])
-if tonumber(redis.call('HGET', key, 'round')) ~= round
-   or tonumber(redis.call('HGET', meta, 'round')) ~= round
-   or tonumber(redis.call('HGET', key, 'created')) < tonumber(ARGV[2]) - tonumber(ARGV[3]) then
-  return 'unknown'
+local t = cjson.decode(ARGV[1])
+local recorded = redis.call('GET', t.op)
+if recorded then return {'replayed', recorded} end
+for i = 1, #t.expect do
+  local key, version = t.expect[i][1], t.expect[i][2]
+  if tonumber(redis.call('HGET', key, 'v') or '0') ~= version then return {'conflict', key} end
 end
-for i = 5, #ARGV do
-  if tonumber(ARGV[i]) ~= 0 then redis.call('HINCRBYFLOAT', losses, i - 5, ARGV[i]) end
+for i = 1, #t.put do
+  local key, value, expire_ms = t.put[i][1], t.put[i][2], t.put[i][3]
+  if value == '' then
+    redis.call('DEL', key)
+  else
+    redis.call('HINCRBY', key, 'v', 1)
+    redis.call('HSET', key, 'd', value)
+    if expire_ms > 0 then redis.call('PEXPIREAT', key, expire_ms)
+    else redis.call('PERSIST', key) end
+  end
 end
-redis.call('HINCRBY', meta, 'labels', 1)
-redis.call('HSET', key, 'status', 'labeled')
-redis.call('ZREM', available, ARGV[4])
-return 'accepted'
+for i = 1, #t.add do redis.call('HINCRBYFLOAT', t.add[i][1], t.add[i][2], t.add[i][3]) end
+for i = 1, #t.push do redis.call('ZADD', t.push[i][1], t.push[i][3], t.push[i][2]) end
+for i = 1, #t.pull do redis.call('ZREM', t.pull[i][1], t.pull[i][2]) end
+for i = 1, #t.drop do redis.call('UNLINK', t.drop[i]) end
+for i = 1, #t.append do
+  redis.call('RPUSH', t.append[i][1], t.append[i][2])
+  redis.call('LTRIM', t.append[i][1], -t.log_cap, -1)
+end
+redis.call('SET', t.op, t.result, 'PX', t.op_ms)
+return {'applied', t.result}
 """
 
-_SWAP = """
-if tonumber(redis.call('HGET', KEYS[1], 'version')) ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'served', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('RPUSH', KEYS[2], ARGV[3])
-return 1
+_TAKE = """
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3])
+for i = 1, #members do redis.call('ZADD', KEYS[1], ARGV[4], members[i]) end
+return members
 """
 
-_START_ROUND = """
-local meta, losses, available = KEYS[1], KEYS[2], KEYS[3]
-local n = tonumber(redis.call('HGET', meta, 'n_models'))
-local new_round = redis.call('HINCRBY', meta, 'round', 1)
-redis.call('HSET', meta, 'step', 0, 'queries', 0, 'labels', 0, 'budget', ARGV[1])
-for i = 0, n - 1 do redis.call('HSET', losses, i, 0) end
-redis.call('DEL', available)
-return new_round
+_TRIM = """
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
+if #members > 0 then redis.call('ZREM', KEYS[1], unpack(members)) end
+return #members
 """
 
 
-class RedisStore:
-    def __init__(self, client: redis.Redis, namespace: str = "pickserve") -> None:
-        self._client = client
-        tag = "{" + namespace + "}"
-        self._meta, self._losses = f"{tag}:meta", f"{tag}:losses"
-        self._available, self._swaps = f"{tag}:available", f"{tag}:swaps"
-        self._counters, self._item_prefix = f"{tag}:counters", f"{tag}:item:"
-        self._scripts = {
-            name: client.register_script(source)
-            for name, source in (("enqueue", _ENQUEUE), ("lease", _LEASE), ("commit", _COMMIT),
-                                 ("swap", _SWAP), ("start_round", _START_ROUND))
-        }  # fmt: skip
+def check_durability(client: redis.Redis, url: str) -> None:
+    """Refuse a Redis that may lose acknowledged writes: without the append-only file a crash
+    loses them; under an eviction policy other than noeviction, memory pressure deletes them."""
+    try:
+        persistence = client.info("persistence")
+        memory = client.info("memory")
+    except redis.RedisError as error:
+        raise StoreError(f"redis at {_safe(url)}: {type(error).__name__}: {error}") from error
+    problems = []
+    if int(persistence.get("aof_enabled", 0)) != 1:
+        problems.append("appendonly is off (set `appendonly yes`)")
+    if memory.get("maxmemory_policy", "noeviction") != "noeviction":
+        policy = memory.get("maxmemory_policy")
+        problems.append(f"maxmemory-policy is {policy} (set `maxmemory-policy noeviction`)")
+    if problems:
+        raise StoreError(
+            f"redis at {_safe(url)} may lose acknowledged labels: {'; '.join(problems)}. "
+            "For a throwaway setup, set PICKSERVE_REDIS_ALLOW_UNSAFE=true."
+        )
+
+
+def _safe(url: str) -> str:
+    """The URL without its password."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+class RedisBackend:
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str = "pickserve",
+        retention: Retention | None = None,
+    ) -> None:
+        self._client, self.retention = client, retention or Retention()
+        self._prefix = "{" + namespace + "}:"
+        self._commit = client.register_script(_COMMIT)
+        self._take = client.register_script(_TAKE)
+        self._trim = client.register_script(_TRIM)
 
     @classmethod
-    def from_url(cls, url: str, namespace: str = "pickserve") -> RedisStore:
+    def from_url(
+        cls,
+        url: str,
+        namespace: str = "pickserve",
+        retention: Retention | None = None,
+        timeout_s: float = 1.0,
+    ) -> RedisBackend:
         client = redis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=5, retry_on_timeout=True,
-            health_check_interval=10, decode_responses=True,
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, decode_responses=True,
         )  # fmt: skip
-        return cls(client, namespace)
+        return cls(client, namespace, retention)
 
-    def _call(self, operation: str, *args: Any, **kwargs: Any) -> Any:
+    @property
+    def client(self) -> redis.Redis:
+        return self._client
+
+    def _key(self, name: str) -> str:
+        return self._prefix + name
+
+    def _call(self, function: Any, *args: Any, write: bool = False, **kwargs: Any) -> Any:
         try:
-            if operation in self._scripts:
-                return self._scripts[operation](*args, **kwargs)
-            return getattr(self._client, operation)(*args, **kwargs)
+            return function(*args, **kwargs)
+        except (redis.TimeoutError, redis.ConnectionError) as error:
+            # The command may have reached the server before the connection failed.
+            raise StoreError(f"redis: {type(error).__name__}: {error}", ambiguous=write) from error
         except redis.RedisError as error:
             raise StoreError(f"redis: {type(error).__name__}: {error}") from error
 
-    def _read(self, *commands: tuple[str, tuple[Any, ...]]) -> list[Any]:
-        try:
-            pipe = self._client.pipeline(transaction=True)
-            for name, args in commands:
-                getattr(pipe, name)(*args)
-            return list(pipe.execute())
-        except redis.RedisError as error:
-            raise StoreError(f"redis: {type(error).__name__}: {error}") from error
+    def read(self, keys: Sequence[str]) -> dict[str, Doc]:
+        if not keys:
+            return {}
+        pipe = self._client.pipeline(transaction=True)
+        for key in keys:
+            pipe.hmget(self._key(key), "v", "d")
+        rows = self._call(pipe.execute)
+        return {
+            key: Doc(int(version), json.loads(data))
+            for key, (version, data) in zip(keys, rows, strict=True)
+            if version is not None and data is not None
+        }
 
-    @staticmethod
-    def _picker_state(meta: Mapping[str, str], losses: Mapping[str, str]) -> PickerState:
-        budget = int(meta["budget"])
-        return PickerState(
-            losses=tuple(float(losses[str(i)]) for i in range(int(meta["n_models"]))),
-            step=int(meta["step"]),
-            queries=int(meta["queries"]),
-            labels=int(meta["labels"]),
-            round=int(meta["round"]),
-            budget=None if budget < 0 else budget,
-        )
+    def commit(self, txn: Txn) -> Committed:
+        k = self._key
+        body: dict[str, Any] = {
+            "op": k("op:" + txn.op),
+            "expect": [[k(key), v] for key, v in txn.expect.items()] or {},
+            "put": [
+                [k(key), "" if p.value is None else json.dumps(p.value),
+                 0 if p.expire_at is None else int(p.expire_at * 1000)]
+                for key, p in txn.put.items()
+            ] or {},
+            "add": [[k(key), f, repr(float(d))] for key, ds in txn.add.items()
+                    for f, d in ds.items()] or {},
+            "push": [[k(q), m, repr(float(s))] for q, ms in txn.push.items()
+                     for m, s in ms.items()] or {},
+            "pull": [[k(q), m] for q, ms in txn.pull.items() for m in ms] or {},
+            "drop": [k(q) for q in txn.drop] or {},
+            "append": [[k(key), json.dumps(r)] for key, rs in txn.append.items() for r in rs] or {},
+            "log_cap": self.retention.log_cap,
+            "op_ms": int(self.retention.op_s * 1000),
+            "result": json.dumps(txn.result),
+        }  # fmt: skip
+        keys = sorted({body["op"], *(k(x) for x in txn.doc_keys()), *(k(x) for x in txn.add),
+                       *(k(x) for x in txn.push), *(k(x) for x in txn.pull),
+                       *(k(x) for x in txn.drop), *(k(x) for x in txn.append)})  # fmt: skip
+        status, payload = self._call(self._commit, keys=keys, args=[json.dumps(body)], write=True)
+        if status == "conflict":
+            return Committed("conflict")
+        return Committed(status, json.loads(payload))
 
-    def initialise(self, model_names: Sequence[str], served: int, budget: int | None) -> None:
-        fresh: dict[Any, Any] = dict.fromkeys(("step", "queries", "labels", "round", "version"), 0)
-        fresh.update(models=json.dumps(list(model_names)), n_models=len(model_names))
-        fresh.update(served=served, budget=-1 if budget is None else budget)
-        if self._call("hsetnx", self._meta, "models", fresh["models"]):
-            try:
-                pipe = self._client.pipeline(transaction=True)
-                pipe.hset(self._losses, mapping={str(i): 0 for i in range(len(model_names))})
-                pipe.hset(self._meta, mapping=fresh)
-                pipe.execute()
-            except redis.RedisError as error:
-                raise StoreError(f"redis: {type(error).__name__}: {error}") from error
-            return
-        stored = json.loads(self._call("hget", self._meta, "models"))
-        check_pool(stored, model_names, f"redis namespace {self._meta}")
+    def take(
+        self, queue: str, lowest: float, highest: float, limit: int, new_score: float
+    ) -> list[str]:
+        args = [repr(float(lowest)), repr(float(highest)), limit, repr(float(new_score))]
+        members = self._call(self._take, keys=[self._key(queue)], args=args, write=True)
+        return list(members)
 
-    def selection(self) -> StoredSelection:
-        meta, losses, swaps = self._read(
-            ("hgetall", (self._meta,)), ("hgetall", (self._losses,)),
-            ("lrange", (self._swaps, -RECENT_SWAPS, -1)),
-        )  # fmt: skip
-        if "n_models" not in meta:
-            raise StoreError("redis store is not initialised")
-        return StoredSelection(
-            picker=self._picker_state(meta, losses),
-            served=int(meta["served"]),
-            version=int(meta["version"]),
-            model_names=json.loads(meta["models"]),
-            swaps=[json.loads(s) for s in swaps],
-        )
+    def count(self, queue: str, lowest: float) -> int:
+        return int(self._call(self._client.zcount, self._key(queue), repr(float(lowest)), "+inf"))
 
-    def advance(self, n_items: int) -> PickerState:
-        step, meta, losses = self._read(
-            ("hincrby", (self._meta, "step", n_items)), ("hgetall", (self._meta,)),
-            ("hgetall", (self._losses,)),
-        )  # fmt: skip
-        before = self._picker_state(meta, losses)
-        return PickerState(before.losses, int(step) - n_items, before.queries, before.labels,
-                           before.round, before.budget)  # fmt: skip
+    def trim(self, queue: str, below: float, limit: int) -> int:
+        args = [repr(float(below)), limit]
+        return int(self._call(self._trim, keys=[self._key(queue)], args=args, write=True))
 
-    def enqueue(self, round_number: int, items: Sequence[QueuedItem], budget: int | None) -> int:
-        args: list[Any] = [self._item_prefix, round_number, -1 if budget is None else budget]
-        args += [items[0].created_at if items else 0, ITEM_RETENTION_S]
-        for item in items:
-            args += [item.item_id, json.dumps(item.payload())]
-        return int(self._call("enqueue", keys=[self._meta, self._available], args=args))
+    def counters(self, key: str) -> dict[str, float]:
+        stored = self._call(self._client.hgetall, self._key(key))
+        return {name: float(value) for name, value in stored.items()}
 
-    def lease(self, limit: int, now: float, lease_s: float, ttl_s: float) -> list[QueuedItem]:
-        flat = self._call(
-            "lease", keys=[self._available], args=[self._item_prefix, now, lease_s, ttl_s, limit]
-        )
-        return [
-            QueuedItem(item_id=flat[i], lease_expires_at=now + lease_s, **json.loads(flat[i + 1]))
-            for i in range(0, len(flat), 2)
-        ]
+    def log(self, key: str, last: int) -> list[JSON]:
+        if last <= 0:
+            return []
+        records = self._call(self._client.lrange, self._key(key), -last, -1)
+        return [json.loads(r) for r in records]
 
-    def item(self, item_id: str) -> QueuedItem | None:
-        data = self._call("hgetall", self._item_prefix + item_id)
-        if not data:
-            return None
-        return QueuedItem(
-            item_id=item_id,
-            status=data["status"],
-            lease_expires_at=float(data["available"]),
-            **json.loads(data["payload"]),
-        )
-
-    def commit_label(
-        self, item_id: str, round_number: int, increments: Sequence[float], now: float, ttl_s: float
-    ) -> CommitOutcome:
-        outcome = self._call(
-            "commit",
-            keys=[self._meta, self._losses, self._item_prefix + item_id, self._available],
-            args=[round_number, now, ttl_s, item_id, *(repr(float(x)) for x in increments)],
-        )
-        return outcome  # type: ignore[no-any-return]
-
-    def swap(self, expected_version: int, to_model: int, record: Mapping[str, Any]) -> bool:
-        swapped = self._call(
-            "swap", keys=[self._meta, self._swaps],
-            args=[expected_version, to_model, json.dumps(dict(record))],
-        )  # fmt: skip
-        return bool(swapped)
-
-    def start_round(self, budget: int | None) -> int:
-        keys = [self._meta, self._losses, self._available]
-        return int(self._call("start_round", keys=keys, args=[-1 if budget is None else budget]))
-
-    def set_budget(self, budget: int | None) -> None:
-        self._call("hset", self._meta, "budget", -1 if budget is None else budget)
-
-    def queue_depth(self, now: float, ttl_s: float) -> int:
-        # Expired items leave the queue when a lease passes over them.
-        return int(self._call("zcard", self._available))
-
-    def add_counters(self, deltas: Mapping[str, float]) -> None:
-        try:
-            pipe = self._client.pipeline(transaction=True)
-            for name, delta in deltas.items():
-                pipe.hincrbyfloat(self._counters, name, delta)
-            pipe.execute()
-        except redis.RedisError as error:
-            raise StoreError(f"redis: {type(error).__name__}: {error}") from error
-
-    def counters(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self._call("hgetall", self._counters).items()}
+    def purge(self, limit: int) -> int:
+        return 0  # documents and op records carry Redis expiries
 
     def ping(self) -> None:
-        self._call("ping")
+        self._call(self._client.ping)
 
     def close(self) -> None:
         self._client.close()

@@ -1,9 +1,10 @@
-"""The embedded store: one SQLite file on local disk (Python's standard library).
+"""The embedded backend: one SQLite file on local disk (Python's standard library).
 
-No server to install. Every replica of the app on this machine opens the same file; each
-operation is one `BEGIN IMMEDIATE` transaction, so writers from any process are serialised
-and a committed label survives a crash (WAL, synchronous=FULL). Use Redis when replicas run
-on more than one node.
+No server to install. Every replica on this machine opens the same file. A transaction is
+one `BEGIN IMMEDIATE` ... `COMMIT` (WAL, synchronous=FULL): writers from any process are
+serialised and a committed write survives a crash. Reads take no write lock (WAL readers
+see the last commit). Every index a primitive needs exists, so each call costs
+log(size) + its own size. The file cannot be shared across machines: use Redis there.
 """
 
 from __future__ import annotations
@@ -11,237 +12,225 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from picker import PickerState
 from service.store.base import (
-    ITEM_RETENTION_S,
-    RECENT_SWAPS,
-    CommitOutcome,
-    QueuedItem,
-    StoredSelection,
+    JSON,
+    Committed,
+    Doc,
+    Retention,
     StoreError,
-    check_pool,
+    Txn,
+    conflicting_key,
 )
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS losses (model INTEGER PRIMARY KEY, value REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS items (
-    id TEXT PRIMARY KEY, round INTEGER NOT NULL, payload TEXT NOT NULL,
-    created REAL NOT NULL, available REAL NOT NULL, status TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS items_queue ON items (status, available);
-CREATE TABLE IF NOT EXISTS swaps (seq INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS docs (
+    key TEXT PRIMARY KEY, version INTEGER NOT NULL, value TEXT NOT NULL, expire_at REAL);
+CREATE INDEX IF NOT EXISTS docs_expiry ON docs (expire_at) WHERE expire_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS ops (op TEXT PRIMARY KEY, result TEXT NOT NULL, expire_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ops_expiry ON ops (expire_at);
+CREATE TABLE IF NOT EXISTS counters (
+    key TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (key, name));
+CREATE TABLE IF NOT EXISTS queue (
+    name TEXT NOT NULL, member TEXT NOT NULL, score REAL NOT NULL, PRIMARY KEY (name, member));
+CREATE INDEX IF NOT EXISTS queue_order ON queue (name, score, member);
+CREATE TABLE IF NOT EXISTS logs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS logs_key ON logs (key, seq);
 """
-META_INTS = ("step", "queries", "labels", "round", "served", "version")
 
 
-class SQLiteStore:
-    def __init__(self, path: Path, timeout_s: float = 30.0) -> None:
-        self.path = path
+class SQLiteBackend:
+    def __init__(
+        self,
+        path: Path,
+        retention: Retention | None = None,
+        busy_timeout_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path, self.retention, self._clock = path, retention or Retention(), clock
+        self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
-                path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+                path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            with self._lock:
+                self._db.executescript(SCHEMA)
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"cannot open the embedded store {path}: {error}") from error
-        self._lock = threading.Lock()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
+        """One transaction; on any failure (COMMIT included) the connection is rolled back,
+        so it is never left inside a transaction."""
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
                     yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
+                    self._db.execute("COMMIT")
+                finally:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
             except sqlite3.Error as error:
+                # SQLite either commits or not; a failure here means nothing was written.
                 raise StoreError(f"embedded store {self.path}: {error}") from error
 
-    @staticmethod
-    def _meta(db: sqlite3.Connection) -> dict[str, str]:
-        return dict(db.execute("SELECT key, value FROM meta").fetchall())
-
-    @staticmethod
-    def _set_meta(db: sqlite3.Connection, **values: object) -> None:
-        db.executemany(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [(key, json.dumps(value)) for key, value in values.items()],
-        )
-
-    @staticmethod
-    def _picker_state(db: sqlite3.Connection, meta: Mapping[str, str]) -> PickerState:
-        losses = [v for (v,) in db.execute("SELECT value FROM losses ORDER BY model")]
-        return PickerState(
-            losses=tuple(losses),
-            step=int(meta["step"]),
-            queries=int(meta["queries"]),
-            labels=int(meta["labels"]),
-            round=int(meta["round"]),
-            budget=json.loads(meta["budget"]),
-        )
-
-    def initialise(self, model_names: Sequence[str], served: int, budget: int | None) -> None:
-        with self._transaction() as db:
-            meta = self._meta(db)
-            if "models" in meta:
-                check_pool(json.loads(meta["models"]), model_names, f"embedded store {self.path}")
-                return
-            counts = dict.fromkeys(("step", "queries", "labels", "round", "version"), 0)
-            self._set_meta(db, models=list(model_names), budget=budget, served=served, **counts)
-            db.executemany(
-                "INSERT INTO losses (model, value) VALUES (?, 0.0)",
-                [(i,) for i in range(len(model_names))],
-            )
-
-    def selection(self) -> StoredSelection:
-        with self._transaction() as db:
-            meta = self._meta(db)
-            if "models" not in meta:
-                raise StoreError(f"embedded store {self.path} is not initialised")
-            recent = db.execute(
-                "SELECT record FROM swaps ORDER BY seq DESC LIMIT ?", (RECENT_SWAPS,)
-            ).fetchall()
-            swaps = [json.loads(r) for (r,) in reversed(recent)]
-            return StoredSelection(
-                picker=self._picker_state(db, meta),
-                served=int(meta["served"]),
-                version=int(meta["version"]),
-                model_names=json.loads(meta["models"]),
-                swaps=swaps,
-            )
-
-    def advance(self, n_items: int) -> PickerState:
-        with self._transaction() as db:
-            meta = self._meta(db)
-            before = self._picker_state(db, meta)
-            self._set_meta(db, step=before.step + n_items)
-            return before
-
-    def enqueue(self, round_number: int, items: Sequence[QueuedItem], budget: int | None) -> int:
-        with self._transaction() as db:
-            meta = self._meta(db)
-            if int(meta["round"]) != round_number:
-                return 0
-            queries = int(meta["queries"])
-            room = len(items) if budget is None else max(0, budget - queries)
-            accepted = list(items)[:room]
-            db.executemany(
-                "INSERT OR IGNORE INTO items (id, round, payload, created, available, status) "
-                "VALUES (?, ?, ?, ?, ?, 'pending')",
-                [(i.item_id, i.round, json.dumps(i.payload()), i.created_at, i.created_at)
-                 for i in accepted],
-            )  # fmt: skip
-            self._set_meta(db, queries=queries + len(accepted))
-            return len(accepted)
-
-    def lease(self, limit: int, now: float, lease_s: float, ttl_s: float) -> list[QueuedItem]:
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE items SET status = 'expired' WHERE status = 'pending' AND created < ?",
-                (now - ttl_s,),
-            )
-            db.execute("DELETE FROM items WHERE created < ?", (now - ITEM_RETENTION_S,))
+    def read(self, keys: Sequence[str]) -> dict[str, Doc]:
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        with self._transaction(write=False) as db:
             rows = db.execute(
-                "SELECT id, payload FROM items WHERE status = 'pending' AND available <= ? "
-                "ORDER BY available, created LIMIT ?",
-                (now, limit),
+                f"SELECT key, version, value FROM docs WHERE key IN ({marks}) "
+                "AND (expire_at IS NULL OR expire_at > ?)",
+                [*keys, self._clock()],
             ).fetchall()
-            db.executemany(
-                "UPDATE items SET available = ? WHERE id = ?", [(now + lease_s, r[0]) for r in rows]
-            )
-        return [_item(item_id, payload, "pending", now + lease_s) for item_id, payload in rows]
+        return {key: Doc(version, json.loads(value)) for key, version, value in rows}
 
-    def item(self, item_id: str) -> QueuedItem | None:
-        with self._transaction() as db:
+    def commit(self, txn: Txn) -> Committed:
+        now = self._clock()
+        with self._transaction(write=True) as db:
             row = db.execute(
-                "SELECT payload, status, available FROM items WHERE id = ?", (item_id,)
+                "SELECT result FROM ops WHERE op = ? AND expire_at > ?", (txn.op, now)
             ).fetchone()
-        return None if row is None else _item(item_id, row[0], row[1], row[2])
-
-    def commit_label(
-        self, item_id: str, round_number: int, increments: Sequence[float], now: float, ttl_s: float
-    ) -> CommitOutcome:
-        with self._transaction() as db:
-            row = db.execute(
-                "SELECT round, created, status FROM items WHERE id = ?", (item_id,)
-            ).fetchone()
-            if row is None or row[2] == "expired":
-                return "unknown"
-            if row[2] == "labeled":
-                return "duplicate"
-            meta = self._meta(db)
-            if row[0] != round_number or int(meta["round"]) != round_number or row[1] < now - ttl_s:
-                return "unknown"
-            db.executemany(
-                "UPDATE losses SET value = value + ? WHERE model = ?",
-                [(inc, i) for i, inc in enumerate(increments) if inc != 0.0],
+            if row is not None:
+                return Committed("replayed", json.loads(row[0]))
+            versions = {}
+            for key in txn.expect:
+                found = db.execute(
+                    "SELECT version FROM docs WHERE key = ? "
+                    "AND (expire_at IS NULL OR expire_at > ?)",
+                    (key, now),
+                ).fetchone()
+                versions[key] = 0 if found is None else found[0]
+            if conflicting_key(txn, versions) is not None:
+                return Committed("conflict")
+            self._apply(db, txn, now)
+            db.execute(
+                "INSERT OR REPLACE INTO ops (op, result, expire_at) VALUES (?, ?, ?)",
+                (txn.op, json.dumps(txn.result), now + self.retention.op_s),
             )
-            self._set_meta(db, labels=int(meta["labels"]) + 1)
-            db.execute("UPDATE items SET status = 'labeled' WHERE id = ?", (item_id,))
-            return "accepted"
+        return Committed("applied", txn.result)
 
-    def swap(self, expected_version: int, to_model: int, record: Mapping[str, Any]) -> bool:
-        with self._transaction() as db:
-            if int(self._meta(db)["version"]) != expected_version:
-                return False
-            self._set_meta(db, served=to_model, version=expected_version + 1)
-            db.execute("INSERT INTO swaps (record) VALUES (?)", (json.dumps(dict(record)),))
-            return True
-
-    def start_round(self, budget: int | None) -> int:
-        with self._transaction() as db:
-            new_round = int(self._meta(db)["round"]) + 1
-            self._set_meta(db, round=new_round, budget=budget, step=0, queries=0, labels=0)
-            db.execute("UPDATE losses SET value = 0.0")
-            db.execute("UPDATE items SET status = 'expired' WHERE status = 'pending'")
-            return new_round
-
-    def set_budget(self, budget: int | None) -> None:
-        with self._transaction() as db:
-            self._set_meta(db, budget=budget)
-
-    def queue_depth(self, now: float, ttl_s: float) -> int:
-        with self._transaction() as db:
-            (count,) = db.execute(
-                "SELECT COUNT(*) FROM items WHERE status = 'pending' AND created >= ?",
-                (now - ttl_s,),
-            ).fetchone()
-        return int(count)
-
-    def add_counters(self, deltas: Mapping[str, float]) -> None:
-        with self._transaction() as db:
+    def _apply(self, db: sqlite3.Connection, txn: Txn, now: float) -> None:
+        for key, put in txn.put.items():
+            if put.value is None:
+                db.execute("DELETE FROM docs WHERE key = ?", (key,))
+                continue
+            db.execute(
+                "INSERT INTO docs (key, version, value, expire_at) VALUES (?, 1, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                "expire_at = excluded.expire_at, version = CASE WHEN docs.expire_at IS NOT NULL "
+                "AND docs.expire_at <= ? THEN 1 ELSE docs.version + 1 END",
+                (key, json.dumps(put.value), put.expire_at, now),
+            )
+        db.executemany(
+            "INSERT INTO counters (key, name, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (key, name) DO UPDATE SET value = value + excluded.value",
+            [
+                (key, name, delta)
+                for key, deltas in txn.add.items()
+                for name, delta in deltas.items()
+            ],
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO queue (name, member, score) VALUES (?, ?, ?)",
+            [
+                (queue, m, score)
+                for queue, members in txn.push.items()
+                for m, score in members.items()
+            ],
+        )
+        db.executemany(
+            "DELETE FROM queue WHERE name = ? AND member = ?",
+            [(queue, m) for queue, members in txn.pull.items() for m in members],
+        )
+        for queue in txn.drop:
+            db.execute("DELETE FROM queue WHERE name = ?", (queue,))
+        for key, records in txn.append.items():
             db.executemany(
-                "INSERT INTO counters (name, value) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                list(deltas.items()),
+                "INSERT INTO logs (key, record) VALUES (?, ?)",
+                [(key, json.dumps(r)) for r in records],
+            )
+            db.execute(
+                "DELETE FROM logs WHERE key = ? AND seq <= (SELECT seq FROM logs WHERE key = ? "
+                "ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (key, key, self.retention.log_cap),
             )
 
-    def counters(self) -> dict[str, float]:
-        with self._transaction() as db:
-            return {name: float(v) for name, v in db.execute("SELECT name, value FROM counters")}
+    def take(
+        self, queue: str, lowest: float, highest: float, limit: int, new_score: float
+    ) -> list[str]:
+        with self._transaction(write=True) as db:
+            members = [
+                m
+                for (m,) in db.execute(
+                    "SELECT member FROM queue WHERE name = ? AND score >= ? AND score <= ? "
+                    "ORDER BY score, member LIMIT ?",
+                    (queue, lowest, highest, limit),
+                )
+            ]
+            db.executemany(
+                "UPDATE queue SET score = ? WHERE name = ? AND member = ?",
+                [(new_score, queue, m) for m in members],
+            )
+        return members
+
+    def count(self, queue: str, lowest: float) -> int:
+        with self._transaction(write=False) as db:
+            (n,) = db.execute(
+                "SELECT COUNT(*) FROM queue WHERE name = ? AND score >= ?", (queue, lowest)
+            ).fetchone()
+        return int(n)
+
+    def trim(self, queue: str, below: float, limit: int) -> int:
+        with self._transaction(write=True) as db:
+            cursor = db.execute(
+                "DELETE FROM queue WHERE rowid IN (SELECT rowid FROM queue "
+                "WHERE name = ? AND score < ? ORDER BY score LIMIT ?)",
+                (queue, below, limit),
+            )
+            return cursor.rowcount
+
+    def counters(self, key: str) -> dict[str, float]:
+        with self._transaction(write=False) as db:
+            rows = db.execute("SELECT name, value FROM counters WHERE key = ?", (key,))
+            return {name: float(value) for name, value in rows}
+
+    def log(self, key: str, last: int) -> list[JSON]:
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                "SELECT record FROM logs WHERE key = ? ORDER BY seq DESC LIMIT ?", (key, last)
+            ).fetchall()
+        return [json.loads(r) for (r,) in reversed(rows)]
+
+    def purge(self, limit: int) -> int:
+        now = self._clock()
+        with self._transaction(write=True) as db:
+            docs = db.execute(
+                "DELETE FROM docs WHERE rowid IN (SELECT rowid FROM docs "
+                "WHERE expire_at IS NOT NULL AND expire_at <= ? LIMIT ?)",
+                (now, limit),
+            ).rowcount
+            ops = db.execute(
+                "DELETE FROM ops WHERE rowid IN "
+                "(SELECT rowid FROM ops WHERE expire_at <= ? LIMIT ?)",
+                (now, limit),
+            ).rowcount
+        return int(docs + ops)
 
     def ping(self) -> None:
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             db.execute("SELECT 1")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _item(item_id: str, payload: str, status: str, lease_expires_at: float) -> QueuedItem:
-    data = json.loads(payload)
-    return QueuedItem(item_id=item_id, status=status, lease_expires_at=lease_expires_at, **data)

@@ -1,0 +1,347 @@
+"""The rules of the live state, each written once, as pure functions.
+
+The state is a handful of documents: `meta` (the pool, the served model and its version,
+the current round, the deployment's label budget last applied), one `tally:{round}` per
+round (the picker's `PickerState`, and whether the round is closed), one `item:{id}` per
+queued item, and a queue `queue:{round}` of item ids scored by when they become available.
+A rule takes the documents a transition read and returns the `Txn` that a store applies
+atomically, with compare-and-set on every document the decision read (and an answer for
+the caller). No I/O, no clock, no randomness of its own: time and the random generator
+come in as arguments. The math is the picker's (`picker.decide_queries`, `cap_queries`,
+`loss_increments`, `apply_increments`, `served_model`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from picker import (
+    PickerState,
+    apply_increments,
+    cap_queries,
+    decide_queries,
+    initial_state,
+    loss_increments,
+    observe,
+    record_queries,
+    served_model,
+)
+from service.store.base import Doc, Put, Retention, StoreError, Txn
+
+SCHEMA = 1
+META, COUNTERS, SWAPS = "meta", "counters", "swaps"
+LabelOutcome = Literal["accepted", "duplicate", "unknown"]
+
+
+def tally_key(round_number: int) -> str:
+    return f"tally:{round_number}"
+
+
+def queue_key(round_number: int) -> str:
+    return f"queue:{round_number}"
+
+
+def item_key(item_id: str) -> str:
+    return f"item:{item_id}"
+
+
+@dataclass(frozen=True)
+class Meta:
+    models: tuple[str, ...]
+    served: int
+    version: int = 0  # the selection version: +1 on every swap
+    round: int = 0
+    config_budget: int | None = None  # the deployment config's label_budget last applied
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "models": list(self.models), "served": self.served,
+                "version": self.version, "round": self.round,
+                "config_budget": self.config_budget}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Meta:
+        if data.get("schema") != SCHEMA:
+            raise StoreError(f"stored state has schema {data.get('schema')!r}, expected {SCHEMA}")
+        return cls(tuple(data["models"]), int(data["served"]), int(data["version"]),
+                   int(data["round"]), data["config_budget"])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Tally:
+    """One round's picker state; `closed` once a newer round started."""
+
+    picker: PickerState
+    closed: bool = False
+    started_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"picker": self.picker.to_dict(), "closed": self.closed,
+                "started_at": self.started_at}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Tally:
+        return cls(PickerState.from_dict(data["picker"]), bool(data["closed"]),
+                   float(data["started_at"]))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Item:
+    """An item the picker chose for labeling: what a labeler and the update need."""
+
+    item_id: str
+    round: int
+    q: float
+    predictions: tuple[int, ...]
+    instance: tuple[float, ...]
+    created_at: float
+    status: Literal["pending", "labeled"] = "pending"
+    label: int | None = None
+    op: str | None = None  # the op that applied the label
+    labeled_at: float | None = None
+    expire_at: float | None = None  # the record is forgotten then (Retention.item_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "q": self.q, "predictions": list(self.predictions),
+                "instance": list(self.instance), "created_at": self.created_at,
+                "status": self.status, "label": self.label, "op": self.op,
+                "labeled_at": self.labeled_at, "expire_at": self.expire_at}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, item_id: str, data: Mapping[str, Any]) -> Item:
+        return cls(item_id, int(data["round"]), float(data["q"]),
+                   tuple(int(p) for p in data["predictions"]),
+                   tuple(float(x) for x in data["instance"]), float(data["created_at"]),
+                   data["status"], data["label"], data["op"], data["labeled_at"],
+                   data["expire_at"])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A consistent view for serving and reporting: meta, the round's tally, recent swaps."""
+
+    meta: Meta
+    tally: Tally
+    meta_version: int = 0
+    tally_version: int = 0
+    swaps: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def picker(self) -> PickerState:
+        return self.tally.picker
+
+    @property
+    def served(self) -> int:
+        return self.meta.served
+
+    @property
+    def version(self) -> int:
+        return self.meta.version
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.meta.models)
+
+    @property
+    def best(self) -> int:
+        """The posterior's best model: argmax w = argmin L (the first one on ties)."""
+        return int(np.argmin(self.picker.loss_array))
+
+
+# ---- start-up ---------------------------------------------------------------------------
+
+
+def initialise(op: str, models: Sequence[str], served: int, budget: int | None, now: float) -> Txn:
+    """The whole initial state in one transaction (it applies only if no state exists)."""
+    meta = Meta(tuple(models), served, config_budget=budget)
+    tally = Tally(initial_state(len(models), budget=budget), started_at=now)
+    return Txn(op, expect={META: 0, tally_key(0): 0},
+               put={META: Put(meta.to_dict()), tally_key(0): Put(tally.to_dict())})  # fmt: skip
+
+
+def check_pool(meta: Meta, models: Sequence[str], where: str) -> None:
+    if list(meta.models) != list(models):
+        raise StoreError(
+            f"{where} holds state for the pool {list(meta.models)}, not {list(models)}: "
+            "use another store namespace (PICKSERVE_STORE_NAMESPACE) or remove that state"
+        )
+
+
+def selection(meta: Doc, tally: Doc, swaps: list[dict[str, Any]]) -> Selection:
+    return Selection(Meta.from_dict(meta.value), Tally.from_dict(tally.value),
+                     meta.version, tally.version, swaps)  # fmt: skip
+
+
+# ---- observing live items (shadow evaluation) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Items the picker saw: every candidate's prediction, their ids and features."""
+
+    item_ids: Sequence[str]
+    predictions: npt.NDArray[np.int64]
+    instances: npt.NDArray[np.float64]
+
+
+def observe_batch(
+    op: str,
+    current: Selection,
+    existing: set[str],
+    batch: Batch,
+    gamma: float,
+    rng: np.random.Generator,
+    now: float,
+    retention: Retention,
+) -> tuple[Txn, int]:
+    """t advances by the batch size; the picker's coins choose items to queue, within the
+    round's budget; an id that is already stored is never queued (nor counted) twice.
+    Returns the transaction and how many items it queues."""
+    picker = current.picker
+    decisions = decide_queries(
+        picker.loss_array, picker.step + 1, batch.predictions, gamma, None, rng
+    )
+    fresh = np.array([i not in existing for i in batch.item_ids], dtype=bool)
+    chosen = np.flatnonzero(cap_queries(decisions.query & fresh, picker.queries_left))
+    advanced = record_queries(observe(picker, len(batch.item_ids)), len(chosen))
+    items = [
+        Item(batch.item_ids[int(i)], picker.round, float(decisions.q[i]),
+             tuple(int(p) for p in batch.predictions[i]),
+             tuple(float(x) for x in batch.instances[i]), now,
+             expire_at=now + retention.item_s)
+        for i in chosen
+    ]  # fmt: skip
+    tally = replace(current.tally, picker=advanced)
+    put = {tally_key(picker.round): Put(tally.to_dict())}
+    put.update({item_key(i.item_id): Put(i.to_dict(), i.expire_at) for i in items})
+    expect = {tally_key(picker.round): current.tally_version}
+    expect.update({item_key(i.item_id): 0 for i in items})
+    push = {queue_key(picker.round): {i.item_id: now for i in items}}
+    return Txn(op, expect=expect, put=put, push=push, result=len(items)), len(items)
+
+
+# ---- labeling ---------------------------------------------------------------------------
+
+
+def leasable(item: Item | None, round_number: int, now: float, ttl_s: float) -> bool:
+    """A labeler may get an item that is pending, of the current round and not expired."""
+    return (
+        item is not None
+        and item.status == "pending"
+        and item.round == round_number
+        and item.created_at >= now - ttl_s
+    )
+
+
+def lease_window(now: float, ttl_s: float) -> tuple[float, float]:
+    """Queue scores a lease may take: available now, queued within the TTL."""
+    return now - ttl_s, now
+
+
+def apply_label(
+    op: str,
+    item_id: str,
+    item: Doc | None,
+    tally: Doc | None,
+    label: int,
+    now: float,
+    ttl_s: float,
+) -> tuple[LabelOutcome, str | None, Txn | None]:
+    """Apply a label once: L += [f_i(x) != y] / q, labels += 1, the item leaves the queue.
+
+    A repeat by the op that applied it is answered 'accepted' (the truth for a retry after
+    an unclear outcome); any other repeat is 'duplicate'. Stale items are 'unknown'."""
+    if item is None:
+        return "unknown", "this item was never queued for labeling (or its record expired)", None
+    stored = Item.from_dict(item_id, item.value)
+    if stored.status == "labeled":
+        if stored.op == op and stored.label == label:
+            return "accepted", None, None
+        return "duplicate", "this item already has a label; it counted once", None
+    round_tally = None if tally is None else Tally.from_dict(tally.value)
+    if tally is None or round_tally is None or round_tally.closed:
+        return "unknown", "this item belongs to an earlier round", None
+    if stored.created_at < now - ttl_s:
+        return "unknown", "this item expired (query_ttl_s)", None
+    increments = loss_increments(stored.predictions, label, stored.q)
+    updated = replace(round_tally, picker=apply_increments(round_tally.picker, increments))
+    labeled = replace(stored, status="labeled", label=label, op=op, labeled_at=now)
+    txn = Txn(
+        op,
+        expect={item_key(item_id): item.version, tally_key(stored.round): tally.version},
+        put={item_key(item_id): Put(labeled.to_dict(), labeled.expire_at),
+             tally_key(stored.round): Put(updated.to_dict())},
+        pull={queue_key(stored.round): [item_id]},
+        result="accepted",
+    )  # fmt: skip
+    return "accepted", None, txn
+
+
+# ---- rounds and budget ------------------------------------------------------------------
+
+
+def new_round(op: str, current: Selection, budget: int | None, now: float) -> tuple[Txn, int]:
+    """A fresh data period: a new tally (L and t at 0) with its budget; the old round is
+    closed (its late labels are stale) and its queue dropped."""
+    old = current.picker.round
+    fresh = Tally(initial_state(current.picker.n_models, budget, old + 1), started_at=now)
+    meta = replace(current.meta, round=old + 1)
+    txn = Txn(
+        op,
+        expect={META: current.meta_version, tally_key(old): current.tally_version,
+                tally_key(old + 1): 0},
+        put={META: Put(meta.to_dict()),
+             tally_key(old): Put(replace(current.tally, closed=True).to_dict()),
+             tally_key(old + 1): Put(fresh.to_dict())},
+        drop=[queue_key(old)],
+        result=old + 1,
+    )  # fmt: skip
+    return txn, old + 1
+
+
+def set_budget(op: str, current: Selection, budget: int | None) -> Txn:
+    """Change the current round's budget (queries already issued stay issued)."""
+    tally = replace(current.tally, picker=replace(current.picker, budget=budget))
+    round_key = tally_key(current.picker.round)
+    return Txn(op, expect={round_key: current.tally_version},
+               put={round_key: Put(tally.to_dict())})  # fmt: skip
+
+
+def apply_config_budget(op: str, current: Selection, budget: int | None) -> Txn | None:
+    """The deployment config's label_budget applies to the current round only when the config
+    itself changed since it was last applied: a replica that starts (or restarts, or is
+    added) with the same config changes nothing, so a budget set for the round survives."""
+    if current.meta.config_budget == budget:
+        return None
+    meta = replace(current.meta, config_budget=budget)
+    tally = replace(current.tally, picker=replace(current.picker, budget=budget))
+    round_key = tally_key(current.picker.round)
+    return Txn(op, expect={META: current.meta_version, round_key: current.tally_version},
+               put={META: Put(meta.to_dict()), round_key: Put(tally.to_dict())})  # fmt: skip
+
+
+# ---- swaps ------------------------------------------------------------------------------
+
+
+def swap(
+    op: str, current: Selection, margin: float, trigger: str | None, now: float
+) -> tuple[Txn | None, dict[str, Any] | None]:
+    """Serve the posterior's best once it leads the served model by more than `margin`. The
+    compare-and-set covers both documents the decision read (the served model and the
+    round's losses), so a decision on stale losses never lands."""
+    target = served_model(current.picker.weights(), current.served, margin)
+    if target == current.served:
+        return None, None
+    names = current.meta.models
+    record = {"time": now, "from_model": names[current.served], "to_model": names[target],
+              "labels": current.picker.labels, "round": current.picker.round,
+              "trigger_item": trigger}  # fmt: skip
+    meta = replace(current.meta, served=target, version=current.meta.version + 1)
+    round_key = tally_key(current.picker.round)
+    txn = Txn(op, expect={META: current.meta_version, round_key: current.tally_version},
+              put={META: Put(meta.to_dict())}, append={SWAPS: [record]}, result=record)  # fmt: skip
+    return txn, record
