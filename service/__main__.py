@@ -29,13 +29,14 @@ def main() -> int:
 
     from service.app import build
     from service.pool import PoolLoadError
+    from service.store import StoreError
 
     print("pickserve: starting Ray and loading the pool (the demo pool is built on first run)")
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     try:
         serve.run(build(settings), name="pickserve", route_prefix="/")
-    except PoolLoadError as error:
+    except (PoolLoadError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     base = f"http://{settings.host}:{settings.port}"

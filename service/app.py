@@ -17,6 +17,7 @@ from service.demo_pool import ensure_demo
 from service.pool import read_pool_spec
 from service.router import Router
 from service.settings import Settings
+from service.store import open_backend
 
 
 def resolve_pool_file(settings: Settings) -> Path:
@@ -31,8 +32,15 @@ def demo_folder(settings: Settings) -> Path:
     return (settings.state_dir / "demo-pool").resolve()
 
 
+def check_store(settings: Settings) -> None:
+    """Open the configured store once before deploying, so that an unreachable or unsafe
+    store (a Redis without append-only, say) stops start-up with its reason."""
+    open_backend(settings).close()
+
+
 def build(settings: Settings) -> Application:
     settings = settings.model_copy(update={"state_dir": settings.state_dir.resolve()})
+    check_store(settings)
     pool_file = str(resolve_pool_file(settings))
     candidates = Candidates.bind(pool_file)  # type: ignore[attr-defined]
     router = Router.options(  # type: ignore[attr-defined]

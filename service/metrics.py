@@ -21,7 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from service.store.base import StoredSelection
+from service.rules import Selection
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 PREFIX = "pickserve_"
@@ -32,7 +32,11 @@ COUNTERS = {
     "queries": ("Items the picker queued for labeling", ()),
     "labels": ("Labels posted, by outcome (accepted, duplicate, unknown, invalid)", ("outcome",)),
     "swaps": ("Hot swaps of the served model", ()),
-    "errors": ("Errors, by kind (model, store, shadow)", ("kind",)),
+    "errors": (
+        "Errors, by kind: model (a served or called model failed), store, shadow (a shadow "
+        "batch failed), nonfinite (a model's non-finite output in shadow work, per item)",
+        ("kind",),
+    ),
 }
 LATENCY = "request_latency_seconds"
 
@@ -99,7 +103,7 @@ def _latency_family(stored: Mapping[str, float]) -> Metric:
     return family
 
 
-def _state_families(selection: StoredSelection, queue_depth: int) -> Iterable[Metric]:
+def _state_families(selection: Selection, queue_depth: int, store_up: bool) -> Iterable[Metric]:
     names = selection.model_names
     weights = selection.picker.weights()
     best = selection.best
@@ -125,22 +129,28 @@ def _state_families(selection: StoredSelection, queue_depth: int) -> Iterable[Me
         ("round_queries", "Queries issued this round", picker.queries),
         ("label_budget", "Queries allowed this round (-1: no budget)", budget),
         ("selection_version", "Bumps on every hot swap", selection.version),
+        ("store_up", "1 when the state store answered this scrape", int(store_up)),
     ):
         yield GaugeMetricFamily(PREFIX + name, help_text, value=float(value))
 
 
 class _StoredCollector(Collector):
-    def __init__(self, stored: Mapping[str, float], selection: StoredSelection, depth: int) -> None:
+    def __init__(
+        self, stored: Mapping[str, float], selection: Selection, depth: int, store_up: bool
+    ) -> None:
         self._stored, self._selection, self._depth = stored, selection, depth
+        self._store_up = store_up
 
     def collect(self) -> Iterable[Metric]:
         yield from _counter_families(self._stored)
         yield _latency_family(self._stored)
-        yield from _state_families(self._selection, self._depth)
+        yield from _state_families(self._selection, self._depth, self._store_up)
 
 
-def render(stored: Mapping[str, float], selection: StoredSelection, queue_depth: int) -> bytes:
+def render(
+    stored: Mapping[str, float], selection: Selection, queue_depth: int, store_up: bool = True
+) -> bytes:
     """The Prometheus text exposition of stored counters and the picker's state."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_StoredCollector(stored, selection, queue_depth))
+    registry.register(_StoredCollector(stored, selection, queue_depth, store_up))
     return generate_latest(registry)

@@ -125,9 +125,14 @@ class LoadedPool:
     def initial_index(self) -> int:
         return 0 if self.spec.initial is None else self.names.index(self.spec.initial)
 
-    def predict_all(self, features: FloatMatrix) -> npt.NDArray[np.int64]:
-        """Every candidate's predicted class, shape (items, models)."""
-        columns = [c.class_probabilities(features).argmax(axis=1) for c in self.candidates]
+    def predict_all(self, features: FloatMatrix, no_class: int = -1) -> npt.NDArray[np.int64]:
+        """Every candidate's predicted class, shape (items, models); `no_class` where a
+        model's probabilities for an item are not finite."""
+        columns = []
+        for candidate in self.candidates:
+            probabilities = candidate.class_probabilities(features)
+            finite = np.isfinite(probabilities).all(axis=1)
+            columns.append(np.where(finite, probabilities.argmax(axis=1), no_class))
         return np.stack(columns, axis=1).astype(np.int64)
 
 

@@ -1,104 +1,98 @@
 """The ingress: inference (own API and Open Inference Protocol v2), labeler queue,
-feedback, selection, rounds, metrics. Glue only: the math is `picker`'s."""
+feedback, selection, rounds, metrics. Glue only: the rules are `service.rules`, the math is
+`picker`'s, the background work is `service.runtime`'s."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from service import schemas, v2
-from service.labeling import apply_labels, check_labels, swap_if_best_changed
-from service.metrics import LocalCounters, render
+from service.candidates import ModelOutputError
+from service.http import AsciiJSONResponse, make_api
+from service.labeling import apply_labels, check_labels
+from service.live import LabelResult, LiveState, new_op
+from service.metrics import render
 from service.pool import FloatMatrix, PoolSpec, as_feature_matrix, read_pool_spec
-from service.schemas import RuntimeKnobs
+from service.rules import Selection
+from service.runtime import ReplicaRuntime
+from service.schemas import KEY_PATTERN, RuntimeKnobs
 from service.settings import Settings
 from service.shadow import ShadowEvaluator
-from service.store import StateStore, StoredSelection, StoreError, open_store
+from service.store import StoreError, open_backend
+from service.store.factory import retention
 
 logger = logging.getLogger("pickserve")
-api = FastAPI(
-    title="pickserve",
-    description="Serves the best of a pool of classifiers; asks for the few labels that tell "
-    "them apart (ModelPicker) and hot-swaps the served model when the evidence changes.",
-    version="0.1.0",
-)
-COUNTER_FLUSH_S = 0.5
-T = TypeVar("T")
+_limits = {"max_request_bytes": Settings.model_fields["max_request_bytes"].default}
+api = make_api(lambda: int(_limits["max_request_bytes"]))
+IdempotencyKey = Annotated[
+    str | None,
+    Header(pattern=KEY_PATTERN, description="repeat a request with the same key after a 503 "
+           "to learn its outcome; nothing is applied twice"),
+]  # fmt: skip
 
 
 @api.middleware("http")
-async def tag_replica(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
+async def tag_replica(request: Request, call_next: Any) -> Response:
     """Every response names the replica that answered (x-pickserve-replica)."""
-    response = await call_next(request)
+    response: Response = await call_next(request)
     response.headers["x-pickserve-replica"] = serve.get_replica_context().replica_id.unique_id
     return response
+
+
+def _unavailable(error: StoreError, what: str) -> HTTPException:
+    return HTTPException(503, f"state store unavailable ({what}): {error}")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)
 @serve.ingress(api)
 class Router:
-    def __init__(
+    async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async constructor
         self, candidates: DeploymentHandle[Any], settings_json: str, pool_file: str
     ) -> None:
         self.settings = Settings.model_validate_json(settings_json)
+        _limits["max_request_bytes"] = self.settings.max_request_bytes
         self.candidates = candidates
         self.pool: PoolSpec = read_pool_spec(Path(pool_file))
         self.names = [c.name for c in self.pool.candidates]
         initial = 0 if self.pool.initial is None else self.names.index(self.pool.initial)
-        self.store: StateStore = open_store(self.settings)
-        self.store.initialise(self.names, initial, self.settings.knobs.label_budget)
-        self.knobs = self.settings.knobs
-        self.rng = np.random.default_rng(self.knobs.seed)
-        self.counters = LocalCounters()
-        self.selection: StoredSelection = self.store.selection()
-        self.selection_read_at = time.monotonic()
-        self.flusher: asyncio.Task[None] | None = None
+        self.state = LiveState(open_backend(self.settings), retention(self.settings))
+        self.runtime = ReplicaRuntime(self.state, self.settings.selection_refresh_s)
+        await self.runtime.run_store(self.state.initialise, self.names, initial, None, time.time())
+        await self.runtime.refresh()
+        self.rng = np.random.default_rng()
         self.shadow = ShadowEvaluator(
-            candidates, self.store, self.counters, self.settings.shadow_max_in_flight
-        )
+            candidates, self.state, self.runtime.run_store, self.runtime.counters,
+            self.settings.shadow_max_in_flight,
+        )  # fmt: skip
+        self._last_metrics: tuple[dict[str, float], int] = ({}, 0)
+        self.runtime.start()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Ray Serve's user_config: the picker's knobs change without a restart."""
         knobs = RuntimeKnobs.model_validate(user_config)
-        if knobs.label_budget != self.knobs.label_budget:
-            self.store.set_budget(knobs.label_budget)
-        if knobs.seed != self.knobs.seed:
+        if knobs.seed != self.runtime.knobs.seed or knobs.seed is None:
             self.rng = np.random.default_rng(knobs.seed)
-        self.knobs = knobs
+        self.runtime.configure(knobs)
 
-    async def _blocking(self, function: Callable[..., T], *args: Any) -> T:
-        """Run a blocking store call in a thread; a store failure is a 503, not a 500."""
-        try:
-            return await asyncio.to_thread(function, *args)
-        except StoreError as error:
-            self.counters.inc("errors", "store")
-            logger.warning("state store failed: %s", error)
-            raise HTTPException(503, f"state store unavailable: {error}") from error
+    @property
+    def knobs(self) -> RuntimeKnobs:
+        return self.runtime.knobs
 
-    async def _current(self) -> StoredSelection:
-        """The selection, re-read at most every selection_refresh_s (hot swap < 1 s)."""
-        if time.monotonic() - self.selection_read_at > self.settings.selection_refresh_s:
-            try:
-                self.selection = await asyncio.to_thread(self.store.selection)
-                self.selection_read_at = time.monotonic()
-            except StoreError as error:  # keep serving the last known model
-                self.counters.inc("errors", "store")
-                logger.warning("cannot refresh the selection: %s", error)
-        return self.selection
+    @property
+    def selection(self) -> Selection:
+        assert self.runtime.selection is not None  # read in __init__
+        return self.runtime.selection
 
     def _features(self, instances: list[list[float]]) -> FloatMatrix:
         if len(instances) > self.settings.max_batch_size:
@@ -112,51 +106,32 @@ class Router:
             raise HTTPException(422, str(error)) from error
 
     async def _run_model(self, index: int, features: FloatMatrix) -> FloatMatrix:
-        started = time.perf_counter()
+        started, model, counters = time.perf_counter(), self.names[index], self.runtime.counters
         try:
-            probabilities: FloatMatrix = await self.candidates.answer.remote((index, features))
+            result = await self.candidates.answer.remote((index, features))
         except Exception as error:
-            self.counters.inc("errors", "model")
-            logger.warning("model %s failed: %s", self.names[index], error)
-            # Ray wraps the model's exception in its remote traceback; the client gets the
-            # exception's own line, the log gets the rest.
+            counters.inc("errors", "model")
+            logger.warning("model %s failed: %s", model, error)
+            # The client gets the exception's own line, the log gets Ray's traceback.
             reason = str(error).strip().splitlines()[-1]
-            raise HTTPException(503, f"model {self.names[index]!r} failed: {reason}") from error
-        model = self.names[index]
-        self.counters.inc("requests", model)
-        self.counters.inc("items_served", model, value=len(features))
-        self.counters.observe_latency(model, time.perf_counter() - started)
+            raise HTTPException(503, f"model {model!r} failed: {reason}") from error
+        if isinstance(result, ModelOutputError):
+            counters.inc("errors", "model")
+            raise HTTPException(503, f"model {model!r} failed: {result}")
+        counters.inc("requests", model)
+        counters.inc("items_served", model, value=len(features))
+        counters.observe_latency(model, time.perf_counter() - started)
+        probabilities: FloatMatrix = result
         return probabilities
 
-    async def _serve(self, features: FloatMatrix) -> tuple[StoredSelection, FloatMatrix, list[str]]:
-        """Answer with the served model; sample items for shadow evaluation."""
-        selection = await self._current()
+    async def _serve(self, features: FloatMatrix) -> tuple[Selection, FloatMatrix, list[str]]:
+        """Answer with the served model of the last known selection (no store call); sample
+        items for shadow evaluation."""
+        selection = self.selection
         probabilities = await self._run_model(selection.served, features)
         item_ids = [uuid.uuid4().hex for _ in range(len(features))]
         self.shadow.start(features, item_ids, self.knobs, self.rng)
-        self._maybe_flush()
         return selection, probabilities, item_ids
-
-    def _maybe_flush(self) -> None:
-        """Keep a background task adding this replica's counts to the store every
-        COUNTER_FLUSH_S, so a replica that falls quiet holds back nothing."""
-        if self.flusher is None or self.flusher.done():
-            self.flusher = asyncio.get_running_loop().create_task(self._flush_forever())
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(COUNTER_FLUSH_S)
-            await self._flush()
-
-    async def _flush(self) -> None:
-        deltas = self.counters.drain()
-        if not deltas:
-            return
-        try:
-            await asyncio.to_thread(self.store.add_counters, deltas)
-        except StoreError as error:
-            self.counters.restore(deltas)
-            logger.warning("cannot flush metrics: %s", error)
 
     # ---- inference -------------------------------------------------------------------
 
@@ -183,12 +158,12 @@ class Router:
 
     @api.get("/v2/health/ready")
     async def ready(self) -> JSONResponse:
-        """Ready when the state store answers."""
+        """Ready when the state store answers (serving goes on without it; labeling not)."""
         try:
-            await asyncio.to_thread(self.store.ping)
+            await self.runtime.run_store(self.state.backend.ping)
         except StoreError as error:
-            return JSONResponse({"ready": False, "reason": str(error)}, status_code=503)
-        return JSONResponse({"ready": True})
+            return AsciiJSONResponse({"ready": False, "reason": str(error)}, status_code=503)
+        return AsciiJSONResponse({"ready": True})
 
     def _model_index(self, name: str) -> int | None:
         """None for `router` (the served model); 404 for a name not in the pool."""
@@ -228,16 +203,19 @@ class Router:
     @api.get("/v1/queries", response_model=schemas.QueriesResponse)
     async def queries(self, limit: int = Query(10, ge=1, le=500)) -> schemas.QueriesResponse:
         """Items to label, leased to the caller for lease_s so no one else gets them."""
-        now = time.time()
-        leased = await self._blocking(
-            self.store.lease, limit, now, self.knobs.lease_s, self.knobs.query_ttl_s
-        )
-        depth = await self._blocking(self.store.queue_depth, now, self.knobs.query_ttl_s)
+        now, knobs = time.time(), self.knobs
+        try:
+            leased = await self.runtime.run_store(
+                self.state.lease, limit, now, knobs.lease_s, knobs.query_ttl_s
+            )
+            depth = await self.runtime.run_store(self.state.queue_depth, now, knobs.query_ttl_s)
+        except StoreError as error:
+            raise _unavailable(error, "the queue") from error
         items = [
             schemas.QueryItem(
-                item_id=i.item_id, instance=i.instance, q=i.q, round=i.round,
+                item_id=i.item_id, instance=list(i.instance), q=i.q, round=i.round,
                 predictions=dict(zip(self.names, i.predictions, strict=True)),
-                lease_expires_at=i.lease_expires_at,
+                lease_expires_at=now + knobs.lease_s,
             )
             for i in leased
         ]  # fmt: skip
@@ -246,43 +224,71 @@ class Router:
         )
 
     @api.post("/v1/feedback", response_model=schemas.FeedbackResponse)
-    async def feedback(self, request: schemas.FeedbackRequest) -> JSONResponse:
+    async def feedback(
+        self, request: schemas.FeedbackRequest, idempotency_key: IdempotencyKey = None
+    ) -> JSONResponse:
         """Labels by item id. A request with an invalid label applies nothing (422);
         otherwise each label is applied once and answered accepted, duplicate or unknown.
-        The status is 200 when any label was accepted, else 409 (duplicates) or 404."""
+        The status is 200 when any label was accepted, else 409 (duplicates) or 404. When the
+        store fails part-way, 503: repeat with the same Idempotency-Key to learn the rest."""
+        counters = self.runtime.counters
         invalid = check_labels(request.labels, len(self.pool.class_names))
         if invalid:
-            self.counters.inc("labels", "invalid", value=len(invalid))
+            counters.inc("labels", "invalid", value=len(invalid))
             rejected = [r.model_dump() for r in invalid]
-            return JSONResponse(
+            return AsciiJSONResponse(
                 {"detail": "no label was applied", "results": rejected}, status_code=422
             )
-        results = await self._blocking(apply_labels, self.store, request.labels, self.knobs)
-        for result in results:
-            self.counters.inc("labels", result.outcome)
-        accepted = [r for r in results if r.outcome == "accepted"]
-        selection = self.selection
-        if accepted:
-            selection, swapped = await self._blocking(
-                swap_if_best_changed, self.store, self.knobs.switch_margin, accepted[-1].item_id
-            )
-            self.counters.inc("swaps", value=float(swapped))
-            self.selection, self.selection_read_at = selection, time.monotonic()
-        self._maybe_flush()
-        status = 200 if accepted else 409 if any(r.outcome == "duplicate" for r in results) else 404
+        key = idempotency_key or uuid.uuid4().hex
+        done: list[LabelResult] = []
+        failure: StoreError | None = None
+        try:
+            await self.runtime.run_store(
+                apply_labels, self.state, request.labels, key, time.time(),
+                self.knobs.query_ttl_s, done,
+            )  # fmt: skip
+        except StoreError as error:
+            failure = error
+        for result in done:
+            counters.inc("labels", result.outcome)
+        results = [schemas.LabelResult(item_id=r.item_id, outcome=r.outcome, detail=r.detail)
+                   for r in done]  # fmt: skip
+        accepted = [r.item_id for r in done if r.outcome == "accepted"]
+        selection = await self._reconcile_after_labels(accepted[-1] if accepted else None)
+        headers = {"idempotency-key": key}
+        if failure is not None:
+            detail = (f"state store unavailable: {failure}. {len(done)} of "
+                      f"{len(request.labels)} labels were decided (see results); the others may "
+                      "or may not have been applied: repeat this request with the same "
+                      "Idempotency-Key to learn their outcome")  # fmt: skip
+            body = {"detail": detail, "results": [r.model_dump() for r in results]}
+            return AsciiJSONResponse(body, status_code=503, headers=headers)
+        outcomes = {r.outcome for r in done}
+        status = 200 if accepted else 409 if "duplicate" in outcomes else 404
         response = schemas.FeedbackResponse(
-            results=results,
-            served_model=self.names[selection.served],
+            results=results, served_model=self.names[selection.served],
             selection_version=selection.version,
-        )
-        return JSONResponse(response.model_dump(), status_code=status)
+        )  # fmt: skip
+        return AsciiJSONResponse(response.model_dump(), status_code=status, headers=headers)
+
+    async def _reconcile_after_labels(self, trigger: str | None) -> Selection:
+        """After every feedback request, whatever its outcomes: the served model follows the
+        posterior's best. If the store fails here, the refresh loop does it within ~1 s."""
+        try:
+            return await self.runtime.reconcile(trigger)
+        except StoreError as error:
+            logger.warning("swap check after labels failed (the refresh loop retries): %s", error)
+            return self.selection
 
     # ---- selection, rounds, metrics ----------------------------------------------------
 
     @api.get("/v1/selection", response_model=schemas.Selection)
     async def get_selection(self) -> schemas.Selection:
         """The picker's state, the served model and the audit trail of swaps."""
-        selection: StoredSelection = await self._blocking(self.store.selection)
+        try:
+            selection = await self.runtime.run_store(self.state.selection)
+        except StoreError as error:
+            raise _unavailable(error, "the selection") from error
         picker = selection.picker
         return schemas.Selection(
             round=picker.round, step=picker.step, queries=picker.queries, labels=picker.labels,
@@ -295,21 +301,47 @@ class Router:
         )  # fmt: skip
 
     @api.post("/v1/rounds", response_model=schemas.Selection)
-    async def new_round(self, request: schemas.RoundRequest | None = None) -> schemas.Selection:
+    async def new_round(
+        self, request: schemas.RoundRequest | None = None, idempotency_key: IdempotencyKey = None
+    ) -> schemas.Selection:
         """Start a new round (a new data period): losses and step reset, the queue is
         dropped, the served model stays until labels move the posterior."""
-        given = request.label_budget if request is not None else None
-        await self._blocking(
-            self.store.start_round, given if given is not None else self.knobs.label_budget
-        )
+        op = f"round:{idempotency_key}" if idempotency_key else new_op("round")
+        try:
+            budget = self.selection.meta.config_budget
+            if request is not None and "label_budget" in request.model_fields_set:
+                budget = request.label_budget
+            await self.runtime.run_store(self.state.start_round, op, budget, time.time())
+        except StoreError as error:
+            raise _unavailable(error, "rounds") from error
+        return await self.get_selection()
+
+    @api.patch("/v1/rounds/current", response_model=schemas.Selection)
+    async def set_round_budget(self, request: schemas.BudgetRequest) -> schemas.Selection:
+        """Change the current round's label budget (queries already issued stay)."""
+        try:
+            await self.runtime.run_store(
+                self.state.set_budget, new_op("budget"), request.label_budget
+            )
+        except StoreError as error:
+            raise _unavailable(error, "rounds") from error
         return await self.get_selection()
 
     @api.get("/metrics")
     async def metrics(self) -> Response:
-        """Prometheus text format; the same numbers whichever replica answers."""
-        await self._flush()
+        """Prometheus text format; the same numbers whichever replica answers. While the
+        store is unreachable: this replica's last known numbers, with pickserve_store_up 0."""
         now = time.time()
-        stored = await self._blocking(self.store.counters)
-        selection = await self._blocking(self.store.selection)
-        depth = await self._blocking(self.store.queue_depth, now, self.knobs.query_ttl_s)
-        return Response(render(stored, selection, depth), media_type=CONTENT_TYPE_LATEST)
+        try:
+            await self.runtime.flush()
+            stored = await self.runtime.run_store(self.state.counters)
+            selection = await self.runtime.run_store(self.state.selection)
+            depth = await self.runtime.run_store(
+                self.state.queue_depth, now, self.knobs.query_ttl_s
+            )
+            self._last_metrics = (stored, depth)
+            text = render(stored, selection, depth, store_up=True)
+        except StoreError:
+            stored, depth = self._last_metrics
+            text = render(stored, self.selection, depth, store_up=False)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)

@@ -3,9 +3,28 @@ from these. Unknown fields are rejected; every field has bounds and a descriptio
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from picker import DEFAULT_GAMMA
+
+ITEM_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+MAX_FEATURES = 1_000_000
+
+
+def _encodable(text: str) -> str:
+    """Strings must be valid Unicode: a lone surrogate ("\\ud800") is not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError("the string is not valid Unicode (lone surrogate)") from error
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class Strict(BaseModel):
@@ -16,14 +35,17 @@ class RuntimeKnobs(Strict):
     """Knobs changed at run time through Ray Serve's user_config (no restart)."""
 
     gamma: float = Field(
-        1.0, gt=0, le=1e6, description="ModelPicker's query scale (calibrate: python -m picker)"
-    )
+        DEFAULT_GAMMA, gt=0, le=1e6,
+        description="ModelPicker's query scale (calibrate: python -m picker calibrate)",
+    )  # fmt: skip
     shadow_rate: float = Field(
         0.5, ge=0, le=1, description="share of served items also run through every candidate"
     )
     label_budget: int | None = Field(
-        None, ge=0, description="queries per round at most (None: gamma alone limits them)"
-    )
+        None, ge=0, le=10_000_000,
+        description="queries per round at most (None: gamma alone limits them); a change "
+        "here applies to the current round once, when the deployed config changes",
+    )  # fmt: skip
     switch_margin: float = Field(
         0.0, ge=0, lt=1, description="posterior lead the best needs over the served model"
     )
@@ -31,19 +53,22 @@ class RuntimeKnobs(Strict):
     query_ttl_s: float = Field(
         86_400.0, gt=0, le=30 * 86_400, description="a queued item expires after this"
     )
-    seed: int | None = Field(None, description="seed of the picker's coin (None: entropy)")
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="seed of the picker's coin (None: entropy)"
+    )
 
 
 class PredictRequest(Strict):
-    instances: list[list[float]] = Field(
-        ..., min_length=1, description="feature vectors, one per item (length = n_features)"
-    )
+    instances: list[Annotated[list[FiniteFloat], Field(max_length=MAX_FEATURES)]] = Field(
+        ..., min_length=1, max_length=100_000,
+        description="feature vectors, one per item (length = the pool's n_features)",
+    )  # fmt: skip
 
 
 class ItemPrediction(Strict):
     item_id: str = Field(..., description="id to quote when posting a label for this item")
-    predicted_class: int = Field(..., alias="class", description="predicted class index")
-    probabilities: list[float] | None = Field(None, description="class probabilities, if any")
+    predicted_class: int = Field(..., alias="class", ge=0, description="predicted class index")
+    probabilities: list[float] = Field(..., description="class probabilities, by class index")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -51,85 +76,119 @@ class ItemPrediction(Strict):
 class PredictResponse(Strict):
     model: str = Field(..., description="the candidate that answered")
     selection_version: int = Field(..., ge=0, description="bumps on every hot swap")
-    predictions: list[ItemPrediction]
+    predictions: list[ItemPrediction] = Field(..., description="one per instance, in order")
 
 
 class QueryItem(Strict):
-    item_id: str
+    item_id: str = Field(..., description="quote it in the label")
     instance: list[float] = Field(..., description="the features, so a person can decide")
     predictions: dict[str, int] = Field(..., description="each candidate's predicted class")
     q: float = Field(..., gt=0, le=1, description="probability with which it was queried")
-    round: int = Field(..., ge=0)
+    round: int = Field(..., ge=0, description="the round it belongs to")
     lease_expires_at: float = Field(..., description="unix time the lease ends")
 
 
 class QueriesResponse(Strict):
-    items: list[QueryItem]
+    items: list[QueryItem] = Field(..., description="items leased to the caller")
     classes: list[str] = Field(..., description="label index -> class name")
     queue_depth: int = Field(..., ge=0, description="items waiting, leased or not")
 
 
 class Label(Strict):
-    item_id: str = Field(..., min_length=1, max_length=64)
-    label: int = Field(..., description="true class index")
+    item_id: str = Field(..., pattern=ITEM_ID_PATTERN, description="from /v1/queries")
+    label: int = Field(..., ge=-(2**31), le=2**31, description="true class index")
 
 
 class FeedbackRequest(Strict):
-    labels: list[Label] = Field(..., min_length=1, max_length=1000)
+    labels: list[Label] = Field(..., min_length=1, max_length=1000, description="labels by item")
 
 
 Outcome = Literal["accepted", "duplicate", "unknown", "invalid"]
 
 
 class LabelResult(Strict):
-    item_id: str
-    outcome: Outcome
-    detail: str | None = None
+    item_id: str = Field(..., description="the item the label was for")
+    outcome: Outcome = Field(..., description="accepted, duplicate, unknown or invalid")
+    detail: str | None = Field(None, description="why, when not accepted")
 
 
 class FeedbackResponse(Strict):
-    results: list[LabelResult]
-    served_model: str
-    selection_version: int
+    results: list[LabelResult] = Field(..., description="one per label, in order")
+    served_model: str = Field(..., description="the served model after these labels")
+    selection_version: int = Field(..., ge=0, description="bumps on every hot swap")
 
 
 class SwapRecord(Strict):
-    time: float
-    from_model: str
-    to_model: str
+    time: float = Field(..., description="unix time of the swap")
+    from_model: str = Field(..., description="served before")
+    to_model: str = Field(..., description="served after")
     labels: int = Field(..., description="labels applied in the round at the time")
-    round: int
+    round: int = Field(..., description="the round")
     trigger_item: str | None = Field(None, description="the label that moved the posterior")
 
 
 class Selection(Strict):
-    round: int
-    step: int = Field(..., description="items the picker has seen this round")
-    queries: int
-    labels: int
-    label_budget: int | None
-    posterior: dict[str, float]
-    losses: dict[str, float]
-    best_model: str
-    served_model: str
-    selection_version: int
-    swaps: list[SwapRecord]
+    round: int = Field(..., ge=0, description="current round")
+    step: int = Field(..., ge=0, description="items the picker has seen this round")
+    queries: int = Field(..., ge=0, description="items queued for labeling this round")
+    labels: int = Field(..., ge=0, description="labels applied this round")
+    label_budget: int | None = Field(..., description="queries allowed this round")
+    posterior: dict[str, float] = Field(..., description="probability each model is the best")
+    losses: dict[str, float] = Field(..., description="importance-weighted loss L_i")
+    best_model: str = Field(..., description="the posterior's best")
+    served_model: str = Field(..., description="the model answering clients")
+    selection_version: int = Field(..., ge=0, description="bumps on every hot swap")
+    swaps: list[SwapRecord] = Field(..., description="recent swaps, oldest first")
 
 
 class RoundRequest(Strict):
-    label_budget: int | None = Field(None, ge=0, description="queries allowed in the new round")
+    label_budget: int | None = Field(
+        None, ge=0, le=10_000_000,
+        description="queries allowed in the new round; absent: the deployment's label_budget, "
+        "null: no budget",
+    )  # fmt: skip
+
+
+class BudgetRequest(Strict):
+    label_budget: int | None = Field(
+        ..., ge=0, le=10_000_000, description="queries allowed in the current round (null: none)"
+    )
+
+
+V2Parameters = dict[
+    Annotated[Text, Field(max_length=64)],
+    Annotated[float, Field(allow_inf_nan=False)] | bool | Annotated[Text, Field(max_length=256)],
+]
 
 
 class V2Tensor(Strict):
-    name: str = Field(..., max_length=128)
-    shape: list[int] = Field(..., min_length=1, max_length=2)
-    datatype: Literal["FP32", "FP64", "INT32", "INT64"]
-    data: list[Any] = Field(..., description="row-major values (flat or nested)")
-    parameters: dict[str, Any] | None = None
+    name: Text = Field(..., min_length=1, max_length=128, description="input name")
+    shape: list[Annotated[int, Field(ge=0, le=100_000_000)]] = Field(
+        ..., min_length=1, max_length=2, description="[rows, features] or [features]"
+    )
+    datatype: Literal["FP32", "FP64", "INT32", "INT64"] = Field(..., description="element type")
+    data: (
+        list[Annotated[float, Field(allow_inf_nan=False)]]
+        | list[Annotated[list[FiniteFloat], Field(max_length=MAX_FEATURES)]]
+    ) = Field(..., max_length=100_000_000, description="row-major values, flat or nested rows")
+    parameters: V2Parameters | None = Field(
+        None, max_length=16, description="OIP tensor parameters (accepted, not used)"
+    )
+
+
+class V2RequestedOutput(Strict):
+    name: Text = Field(..., min_length=1, max_length=128, description="an output to return")
+    parameters: V2Parameters | None = Field(
+        None, max_length=16, description="OIP output parameters (accepted, not used)"
+    )
 
 
 class V2InferRequest(Strict):
-    id: str | None = Field(None, max_length=128)
-    inputs: list[V2Tensor] = Field(..., min_length=1, max_length=1)
-    outputs: list[dict[str, Any]] | None = None
-    parameters: dict[str, Any] | None = None
+    id: Text | None = Field(None, max_length=128, description="echoed in the response")
+    inputs: list[V2Tensor] = Field(..., min_length=1, max_length=1, description="one input")
+    outputs: list[V2RequestedOutput] | None = Field(
+        None, max_length=8, description="accepted; every output is returned"
+    )
+    parameters: V2Parameters | None = Field(
+        None, max_length=16, description="OIP request parameters (accepted, not used)"
+    )

@@ -21,15 +21,35 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="HTTP port")
     pool: Path | None = Field(None, description="pool YAML; none: the bundled demo pool")
     state_dir: Path = Field(Path("var"), description="embedded store file, demo pool cache")
-    store: Literal["embedded", "redis"] = Field(
-        "embedded", description="state store: embedded (SQLite file on local disk) or redis"
+    store: Literal["embedded", "redis", "memory"] = Field(
+        "embedded",
+        description="state store: embedded (SQLite file on local disk), redis, or memory "
+        "(one router replica, nothing kept on restart: for trials)",
     )
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("REDIS_URL", "PICKSERVE_REDIS_URL"),
         description="Redis URL, used when store=redis",
     )
-    store_namespace: str = Field("pickserve", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    redis_allow_unsafe: bool = Field(
+        False,
+        description="accept a Redis without appendonly yes / maxmemory-policy noeviction "
+        "(it may lose acknowledged labels): throwaway setups only",
+    )
+    store_timeout_s: float = Field(
+        1.0, gt=0, le=30, description="socket timeout (Redis) and lock wait (SQLite) per call"
+    )
+    store_namespace: str = Field(
+        "pickserve", pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="separates pickserve states"
+    )
+    item_retention_s: float = Field(
+        7 * 86_400.0, gt=0, le=365 * 86_400,
+        description="an item's record is kept this long after it was queued",
+    )  # fmt: skip
+    swap_log_cap: int = Field(1000, ge=1, le=1_000_000, description="swap records kept")
+    max_request_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, le=1024**3, description="request bodies larger get a 413"
+    )
     router_replicas: int = Field(1, ge=1, le=64, description="ingress replicas")
     max_batch_size: int = Field(256, ge=1, le=100_000, description="instances per request")
     shadow_max_in_flight: int = Field(

@@ -27,8 +27,8 @@ def instances(tensor: V2Tensor, n_features: int) -> list[list[float]]:
     """Rows of the input tensor; its declared shape must match its data and the pool."""
     try:
         flat = np.asarray(tensor.data, dtype=np.float64).ravel()
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"input {tensor.name!r} holds non-numeric data") from error
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ValueError(f"input {tensor.name!r} holds ragged or non-numeric data") from error
     shape = tensor.shape if len(tensor.shape) == 2 else [1, tensor.shape[0]]
     if shape[1] != n_features or shape[0] < 1 or shape[0] * shape[1] != flat.size:
         raise ValueError(

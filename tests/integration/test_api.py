@@ -177,10 +177,8 @@ def test_open_inference_protocol_v2(client: httpx.Client, demo: DemoData) -> Non
         ],
     }
     routed = client.post("/v2/models/router/infer", json=request).json()
-    assert (
-        routed["id"] == "r1"
-        and routed["parameters"]["served_model"] == demo.summary["best_on_training_distribution"]
-    )
+    served = client.get("/v1/selection").json()["served_model"]
+    assert routed["id"] == "r1" and routed["parameters"]["served_model"] == served
     assert routed["outputs"][0]["shape"] == [2] and len(routed["parameters"]["item_ids"]) == 2
     target = demo.summary["best_today"]
     direct = client.post(f"/v2/models/{target}/infer", json=request).json()

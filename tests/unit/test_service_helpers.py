@@ -7,8 +7,8 @@ from picker import PickerState
 from service import v2
 from service.labeling import check_labels
 from service.metrics import LocalCounters, render
+from service.rules import Meta, Selection, Tally
 from service.schemas import Label, V2Tensor
-from service.store import StoredSelection
 
 
 def test_check_labels_flags_out_of_range_and_repeats() -> None:
@@ -31,8 +31,12 @@ def test_v2_instances_accept_flat_and_nested_data() -> None:
     ]
     with pytest.raises(ValueError, match="does not make rows"):
         v2.instances(V2Tensor(name="x", shape=[3, 2], datatype="FP64", data=[1, 2, 3, 4]), 2)
-    with pytest.raises(ValueError, match="non-numeric"):
-        v2.instances(V2Tensor(name="x", shape=[1, 2], datatype="FP64", data=["a", "b"]), 2)
+    with pytest.raises(ValueError, match="valid number"):
+        V2Tensor(name="x", shape=[1, 2], datatype="FP64", data=["a", "b"])
+    with pytest.raises(ValueError, match="valid number"):  # a 400-digit integer
+        V2Tensor(name="x", shape=[1, 2], datatype="FP64", data=[10**400, 1])
+    with pytest.raises(ValueError, match="ragged or non-numeric"):
+        v2.instances(V2Tensor(name="x", shape=[2, 2], datatype="FP64", data=[[1, 2], [3]]), 2)
 
 
 def test_metrics_render_counters_histogram_and_state() -> None:
@@ -45,8 +49,8 @@ def test_metrics_render_counters_histogram_and_state() -> None:
     assert counters.drain() == {}
     counters.restore({"requests|m1": 2.0})
     assert counters.drain() == {"requests|m1": 2.0}
-    selection = StoredSelection(
-        PickerState((0.0, 30.0), step=100), served=1, version=2, model_names=["m1", "m2"]
+    selection = Selection(
+        Meta(("m1", "m2"), served=1, version=2), Tally(PickerState((0.0, 30.0), step=100))
     )
     text = render(stored, selection, queue_depth=4).decode()
     assert 'pickserve_requests_total{model="m1"} 1.0' in text
@@ -58,5 +62,7 @@ def test_metrics_render_counters_histogram_and_state() -> None:
         and 'pickserve_served_model{model="m2"} 1.0' in text
     )
     assert "pickserve_label_queue_depth 4.0" in text and "pickserve_selection_version 2.0" in text
+    assert "pickserve_store_up 1.0" in text
+    assert "pickserve_store_up 0.0" in render(stored, selection, 4, store_up=False).decode()
     weight = float(text.split('pickserve_posterior_weight{model="m1"} ')[1].split()[0])
     np.testing.assert_allclose(weight, selection.picker.weights()[0])
