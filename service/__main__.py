@@ -27,9 +27,15 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from service.app import build
+    from service.app import build, check_store
     from service.pool import PoolLoadError
     from service.store import StoreError
+
+    try:
+        check_store(settings)  # before Ray starts: a bad store fails in a second
+    except StoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     print("pickserve: starting Ray and loading the pool (the demo pool is built on first run)")
     ray.init(include_dashboard=False, log_to_driver=False)

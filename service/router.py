@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 from fastapi import Header, HTTPException, Query, Request
@@ -35,11 +35,16 @@ from service.store.factory import retention
 logger = logging.getLogger("pickserve")
 _limits = {"max_request_bytes": Settings.model_fields["max_request_bytes"].default}
 api = make_api(lambda: int(_limits["max_request_bytes"]))
-IdempotencyKey = Annotated[
-    str | None,
-    Header(pattern=KEY_PATTERN, description="repeat a request with the same key after a 503 "
-           "to learn its outcome; nothing is applied twice"),
-]  # fmt: skip
+
+
+def idempotency_header() -> Any:
+    """The Idempotency-Key header (a default value: Ray pickles the class by value, so a
+    name used only in a string annotation would not resolve in the replica)."""
+    return Header(
+        None, pattern=KEY_PATTERN,
+        description="repeat a request with the same key after a 503 to learn its outcome; "
+        "nothing is applied twice",
+    )  # fmt: skip
 
 
 @api.middleware("http")
@@ -225,7 +230,7 @@ class Router:
 
     @api.post("/v1/feedback", response_model=schemas.FeedbackResponse)
     async def feedback(
-        self, request: schemas.FeedbackRequest, idempotency_key: IdempotencyKey = None
+        self, request: schemas.FeedbackRequest, idempotency_key: str | None = idempotency_header()
     ) -> JSONResponse:
         """Labels by item id. A request with an invalid label applies nothing (422);
         otherwise each label is applied once and answered accepted, duplicate or unknown.
@@ -250,7 +255,8 @@ class Router:
         except StoreError as error:
             failure = error
         for result in done:
-            counters.inc("labels", result.outcome)
+            if not result.repeated:  # a repeat after a 503 was counted when it applied
+                counters.inc("labels", result.outcome)
         results = [schemas.LabelResult(item_id=r.item_id, outcome=r.outcome, detail=r.detail)
                    for r in done]  # fmt: skip
         accepted = [r.item_id for r in done if r.outcome == "accepted"]
@@ -302,7 +308,9 @@ class Router:
 
     @api.post("/v1/rounds", response_model=schemas.Selection)
     async def new_round(
-        self, request: schemas.RoundRequest | None = None, idempotency_key: IdempotencyKey = None
+        self,
+        request: schemas.RoundRequest | None = None,
+        idempotency_key: str | None = idempotency_header(),
     ) -> schemas.Selection:
         """Start a new round (a new data period): losses and step reset, the queue is
         dropped, the served model stays until labels move the posterior."""

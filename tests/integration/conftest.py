@@ -56,16 +56,22 @@ class Deployer:
         self.clients: list[httpx.Client] = []
 
     def __call__(
-        self, store: str = "embedded", namespace: str | None = None, **knobs: Any
+        self,
+        store: str = "embedded",
+        namespace: str | None = None,
+        settings: dict[str, Any] | None = None,
+        **knobs: Any,
     ) -> httpx.Client:
+        """Deploy with these knobs (user_config); `settings` are further start-up settings."""
         replicas = knobs.pop("router_replicas", 1)
-        settings = Settings(
+        full = Settings(
             state_dir=self.state_dir, store=store, redis_url=knobs.pop("redis_url", self.redis_url),
             pool=knobs.pop("pool", None),
             store_namespace=namespace or uuid.uuid4().hex, router_replicas=replicas,
-            max_batch_size=64, knobs=RuntimeKnobs(**{"seed": 7, **knobs}),
+            max_batch_size=64, knobs=RuntimeKnobs(**{"seed": 7, **knobs}), **(settings or {}),
         )  # fmt: skip
-        serve.run(build(settings), name=APP, route_prefix="/")
+        self.namespace = full.store_namespace
+        serve.run(build(full), name=APP, route_prefix="/")
         client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
         self.clients.append(client)
         return client

@@ -121,6 +121,19 @@ BAD_REQUESTS: list[tuple[str, str, str, Any, int, str]] = [
     ("no labels", "POST", "/v1/feedback", {"labels": []}, 422, "at least 1"),
     ("queries limit too large", "GET", "/v1/queries?limit=100000", None, 422, "less than or equal"),
     ("negative budget", "POST", "/v1/rounds", {"label_budget": -3}, 422, "greater than or equal"),
+    ("lone surrogate in a valid field", "POST", "/v2/models/router/infer",
+     b'{"id": "\\ud800", "inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP64", "data": [' + b"0.0, " * 63 + b'0.0]}]}',
+     422, "not valid Unicode"),
+    ("lone surrogate echoed in an error", "POST", "/v1/predict", b'{"instances": [["\\ud800"]]}', 422, "\\ud800"),
+    ("lone surrogate in an item id", "POST", "/v1/feedback", b'{"labels": [{"item_id": "\\ud800", "label": 1}]}', 422, "valid string"),
+    ("400-digit integer in v2 data", "POST", "/v2/models/router/infer",
+     b'{"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP64", "data": [' + b"9" * 400 + b", 0.0" * 63 + b"]}]}",
+     422, "valid number"),
+    ("400-digit integer in instances", "POST", "/v1/predict", b'{"instances": [[' + b"9" * 400 + b", 0.0" * 63 + b"]]}", 422, "valid number"),
+    ("v2 parameters unbounded", "POST", "/v2/models/router/infer",
+     {"parameters": {f"p{i}": 1 for i in range(17)},
+      "inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP64", "data": [0.0] * 64}]}, 422, "at most 16"),
+    ("oversized round budget", "POST", "/v1/rounds", {"label_budget": 10**12}, 422, "less than or equal"),
 ]  # fmt: skip
 
 
@@ -162,6 +175,16 @@ def test_bad_input_is_rejected_and_changes_nothing(
         client.post("/v1/feedback", json={"labels": [label]}).json()["results"][0]["outcome"]
         == "accepted"
     )
+
+
+def test_a_huge_body_is_refused_before_it_is_parsed(client: httpx.Client) -> None:
+    """64 MB: 413 from the Content-Length alone (PICKSERVE_MAX_REQUEST_BYTES, 8 MiB)."""
+    before = picker_state(client)
+    body = b'{"instances": [[' + b"0.0, " * (64 * 1024 * 1024 // 5) + b"0.0]]}"
+    answer = client.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 413 and "exceeds 8388608 bytes" in answer.text
+    assert picker_state(client) == before
+    assert client.get("/v2/health/live").status_code == 200
 
 
 def test_open_inference_protocol_v2(client: httpx.Client, demo: DemoData) -> None:

@@ -40,3 +40,52 @@ def test_a_raising_model_degrades_visibly_and_recovers(
     assert (
         client.get("/v1/selection").json()["step"] == 0
     )  # the failed shadow batch counted nothing
+
+
+def nonfinite_pool(demo: DemoData, folder: Path, initial: str) -> Path:
+    """The demo's naive-bayes answers NaN probabilities on inputs of 1e308."""
+    models = demo.pool_file.parent / "models"
+    pool = folder / f"pool-{initial}.yaml"
+    pool.write_text(
+        f"n_features: 64\nclasses: 10\ninitial: {initial}\ncandidates:\n"
+        f"  - {{name: knn-3, sklearn: {models / 'knn-3.joblib'}}}\n"
+        f"  - {{name: naive-bayes, sklearn: {models / 'naive-bayes.joblib'}}}\n"
+    )
+    return pool
+
+
+def test_a_non_finite_output_is_a_model_fault_never_a_fake_class(
+    deploy: Deploy, demo: DemoData, tmp_path: Path
+) -> None:
+    huge = [[1e308] * 64]
+    client = deploy(pool=nonfinite_pool(demo, tmp_path, "naive-bayes"), shadow_rate=0.0)
+    served = client.post("/v1/predict", json={"instances": huge})
+    assert served.status_code == 503 and "model 'naive-bayes' failed" in served.text
+    assert "non-finite" in served.text
+    routed = client.post("/v2/models/router/infer", json={"inputs": [
+        {"name": "x", "shape": [1, 64], "datatype": "FP64", "data": huge[0]}]})  # fmt: skip
+    assert routed.status_code == 503 and "naive-bayes" in routed.text
+    ok = client.post("/v1/predict", json={"instances": demo.stream_features[:1].tolist()})
+    assert ok.status_code == 200  # only the faulty request failed
+
+    client = deploy(pool=nonfinite_pool(demo, tmp_path, "knn-3"), shadow_rate=1.0, gamma=1e6)
+    direct = client.post("/v2/models/naive-bayes/infer", json={"inputs": [
+        {"name": "x", "shape": [1, 64], "datatype": "FP64", "data": huge[0]}]})  # fmt: skip
+    assert direct.status_code == 503 and "model 'naive-bayes' failed" in direct.text
+    answer = client.post("/v1/predict", json={"instances": huge * 3})
+    assert answer.status_code == 200 and answer.json()["model"] == "knn-3"
+    deadline = time.monotonic() + 20
+    while client.get("/v1/selection").json()["step"] < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    items = client.get("/v1/queries", params={"limit": 10}).json()["items"]
+    assert len(items) == 3  # the models disagree: knn-3 votes a class, naive-bayes none
+    assert all(i["predictions"]["naive-bayes"] == -1 for i in items)
+    label = {"item_id": items[0]["item_id"], "label": items[0]["predictions"]["knn-3"]}
+    client.post("/v1/feedback", json={"labels": [label]})
+    losses = client.get("/v1/selection").json()["losses"]
+    assert losses["knn-3"] == 0.0 and losses["naive-bayes"] > 0.0  # counted wrong
+    time.sleep(1.0)
+    metrics = client.get("/metrics").text
+    assert 'pickserve_errors_total{kind="nonfinite"} 3.0' in metrics
+    assert 'pickserve_errors_total{kind="model"} 1.0' in metrics
