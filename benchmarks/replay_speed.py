@@ -4,8 +4,10 @@ Prints (1) the vectorised replay's wall time; (2) its speed-up over running real
 one at a time, measured in this same process against two loops of the same formulas: the
 replay engine itself called with runs=1, and a plain per-item loop over the tuned
 single-item path (each loop is timed on a few runs and scaled per run, since all 500 would
-take many minutes); (3) the cost of one query decision for one item (learning rate,
-posterior, q, coin) with k=100 and 1,000 classes.
+take many minutes); (3) the cost of the query decision the service makes for a shadow
+batch (`service.rules.observe_batch`: learning rates, posterior, q, coins, budget cap, and
+the transaction to store), with k=100 and 1,000 classes, for a batch of one item and per
+item in a batch of 16. Store I/O is not included.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import timeit
 import numpy as np
 
 from picker import (
+    PickerState,
     best_model,
     item_query_probability,
     learning_rate,
@@ -24,6 +27,8 @@ from picker import (
     posterior,
 )
 from picker.replay import run_replay
+from service import rules
+from service.store import Retention
 
 
 def synthetic_pool(n_items: int, n_models: int, n_classes: int, seed: int) -> object:
@@ -78,16 +83,25 @@ def main() -> None:
     loop_per_run_s = (time.perf_counter() - started) / args.loop_runs
 
     rng = np.random.default_rng(4)
-    item = pool.predictions[0]
-    losses = rng.exponential(5.0, size=args.models)
+    losses = tuple(float(x) for x in rng.exponential(5.0, size=args.models))
+    current = rules.Selection(
+        rules.Meta(tuple(f"m{i}" for i in range(args.models)), 0),
+        rules.Tally(PickerState(losses, step=5000)),
+    )
 
-    def decide_one() -> bool:
-        eta = learning_rate(5000, args.models)
-        q = item_query_probability(item, posterior(losses, eta), args.gamma, eta)
-        return bool(rng.random() < q)
+    def decision_us(batch_size: int) -> float:
+        batch = rules.Batch([f"i{n}" for n in range(batch_size)], pool.predictions[:batch_size],
+                            np.zeros((batch_size, 64)))  # fmt: skip
 
-    repeats = 20_000
-    decision_us = min(timeit.repeat(decide_one, number=repeats, repeat=5)) / repeats * 1e6
+        def decide() -> object:
+            return rules.observe_batch(
+                "op", current, set(), batch, args.gamma, rng, 0.0, Retention()
+            )
+
+        repeats = 2_000
+        best = min(timeit.repeat(decide, number=repeats, repeat=5))
+        return best / repeats / batch_size * 1e6
+
     engine_speedup = engine_per_run_s * args.runs / vectorised_s
     print(json.dumps({
         "runs": args.runs, "items": args.items, "models": args.models, "classes": args.classes,
@@ -97,7 +111,8 @@ def main() -> None:
         "speedup_vs_engine_one_run_at_a_time": round(engine_speedup, 1),
         "item_loop_one_run_s": round(loop_per_run_s, 3),
         "speedup_vs_item_loop": round(loop_per_run_s * args.runs / vectorised_s, 1),
-        "decision_us": round(decision_us, 1),
+        "decision_us_batch_of_1": round(decision_us(1), 1),
+        "decision_us_per_item_batch_of_16": round(decision_us(16), 1),
     }))  # fmt: skip
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Any
 
 import numpy as np
-from fastapi import Header, HTTPException, Query, Request
+from fastapi import Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
@@ -55,6 +55,11 @@ async def tag_replica(request: Request, call_next: Any) -> Response:
     return response
 
 
+MODEL_NAME = Path(
+    ..., max_length=64, description="`router` (the served model) or a candidate's name"
+)
+
+
 def _unavailable(error: StoreError, what: str) -> HTTPException:
     return HTTPException(503, f"state store unavailable ({what}): {error}")
 
@@ -68,7 +73,7 @@ class Router:
         self.settings = Settings.model_validate_json(settings_json)
         _limits["max_request_bytes"] = self.settings.max_request_bytes
         self.candidates = candidates
-        self.pool: PoolSpec = read_pool_spec(Path(pool_file))
+        self.pool: PoolSpec = read_pool_spec(FilePath(pool_file))
         self.names = [c.name for c in self.pool.candidates]
         initial = 0 if self.pool.initial is None else self.names.index(self.pool.initial)
         self.state = LiveState(open_backend(self.settings), retention(self.settings))
@@ -181,12 +186,14 @@ class Router:
         return self.names.index(name)
 
     @api.get("/v2/models/{name}")
-    async def model_metadata(self, name: str) -> dict[str, Any]:
+    async def model_metadata(self, name: str = MODEL_NAME) -> dict[str, Any]:
         self._model_index(name)
         return v2.metadata(name, self.pool.n_features, len(self.pool.class_names))
 
     @api.post("/v2/models/{name}/infer")
-    async def infer(self, name: str, request: schemas.V2InferRequest) -> dict[str, Any]:
+    async def infer(
+        self, request: schemas.V2InferRequest, name: str = MODEL_NAME
+    ) -> dict[str, Any]:
         """Open Inference Protocol v2. `router` answers with the served model (and its
         items may be sampled for labeling); a candidate's name runs that candidate alone."""
         index = self._model_index(name)
@@ -206,7 +213,9 @@ class Router:
     # ---- labeling ----------------------------------------------------------------------
 
     @api.get("/v1/queries", response_model=schemas.QueriesResponse)
-    async def queries(self, limit: int = Query(10, ge=1, le=500)) -> schemas.QueriesResponse:
+    async def queries(
+        self, limit: int = Query(10, ge=1, le=500, description="items to lease at most")
+    ) -> schemas.QueriesResponse:
         """Items to label, leased to the caller for lease_s so no one else gets them."""
         now, knobs = time.time(), self.knobs
         try:

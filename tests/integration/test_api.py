@@ -26,12 +26,16 @@ def client(shared_client: httpx.Client) -> httpx.Client:
     return shared_client
 
 
-def fill_queue(client: httpx.Client, demo: DemoData, n: int = 32) -> list[dict[str, Any]]:
-    """Serve n stream items (all shadowed) and lease every queued item."""
-    answer = client.post("/v1/predict", json={"instances": demo.stream_features[:n].tolist()})
+def fill_queue(
+    client: httpx.Client, demo: DemoData, n: int = 32, offset: int = 0
+) -> list[dict[str, Any]]:
+    """Serve n stream items from `offset` (all shadowed) and lease every queued item."""
+    rows = demo.stream_features[offset : offset + n].tolist()
+    step = client.get("/v1/selection").json()["step"]
+    answer = client.post("/v1/predict", json={"instances": rows})
     assert answer.status_code == 200, answer.text
     deadline = time.monotonic() + 20
-    while client.get("/v1/selection").json()["step"] < n:  # shadow work is asynchronous
+    while client.get("/v1/selection").json()["step"] < step + n:  # shadow work is async
         assert time.monotonic() < deadline, "shadow evaluation did not finish"
         time.sleep(0.05)
     items = client.get("/v1/queries", params={"limit": 500}).json()["items"]

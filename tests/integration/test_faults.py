@@ -136,6 +136,7 @@ def test_redis_restart_keeps_state_and_service_recovers(
 def test_hot_swap_under_load_fails_no_request(deploy: Deploy, demo: DemoData) -> None:
     client = deploy(router_replicas=2, shadow_rate=1.0, gamma=50.0)
     items = fill_queue(client, demo, n=64)
+    items += fill_queue(client, demo, n=64, offset=64)
     names = list(items[0]["predictions"])
     stop = threading.Event()
     failures: list[str] = []
@@ -160,29 +161,34 @@ def test_hot_swap_under_load_fails_no_request(deploy: Deploy, demo: DemoData) ->
     for thread in threads:
         thread.start()
     try:
-        # Labels that agree with one model at a time make it the posterior's best in turn.
+        # Labels that agree with a model that is not served, a few at a time, until the
+        # served model changes: three swaps, each checked on every replica 1 s later.
         swaps_before = len(client.get("/v1/selection").json()["swaps"])
-        for favourite, chunk in zip(
-            [names[1], names[2], names[1]], np.array_split(np.arange(len(items)), 3), strict=True
-        ):
-            labels = [
-                {"item_id": items[i]["item_id"], "label": items[i]["predictions"][favourite]}
-                for i in chunk
-            ]
-            answer = client.post("/v1/feedback", json={"labels": labels}).json()
+        unlabeled = list(items)
+        for _ in range(3):
+            served = client.get("/v1/selection").json()["served_model"]
+            favourite = next(n for n in names if n != served and any(
+                i["predictions"][n] != i["predictions"][served] for i in unlabeled))  # fmt: skip
+            answer = {"served_model": served}
+            while answer["served_model"] == served:
+                assert unlabeled, "ran out of items before the served model changed"
+                chunk, unlabeled = unlabeled[:4], unlabeled[4:]
+                labels = [{"item_id": i["item_id"], "label": i["predictions"][favourite]}
+                          for i in chunk]  # fmt: skip
+                answer = client.post("/v1/feedback", json={"labels": labels}).json()
             time.sleep(1.0)  # every replica serves the new model within 1 s
             for _ in range(10):
-                served = client.post(
+                served_now = client.post(
                     "/v1/predict", json={"instances": demo.stream_features[:1].tolist()}
                 ).json()
-                assert served["model"] == answer["served_model"]
-                assert served["selection_version"] == answer["selection_version"]
+                assert served_now["model"] == answer["served_model"]
+                assert served_now["selection_version"] == answer["selection_version"]
     finally:
         stop.set()
         for thread in threads:
             thread.join()
     swaps = client.get("/v1/selection").json()["swaps"]
-    assert len(swaps) - swaps_before >= 2
+    assert len(swaps) - swaps_before >= 3
     assert failures == [] and sent[0] > 50
     assert len(seen) >= 2, f"clients saw only {dict(seen)}"
 

@@ -31,3 +31,12 @@ def test_serve_config_builds_settings_and_knobs(config: dict) -> None:  # type: 
 def test_unknown_knob_is_rejected() -> None:
     with pytest.raises(ValueError, match="Extra inputs"):
         RuntimeKnobs(gama=3.0)  # type: ignore[call-arg]
+
+
+def test_the_kubernetes_redis_keeps_what_it_acknowledges() -> None:
+    """The store refuses a Redis without these settings; the shipped manifest sets both."""
+    documents = list(yaml.safe_load_all((ROOT / "k8s" / "redis.yaml").read_text()))
+    (statefulset,) = [d for d in documents if d["kind"] == "StatefulSet"]
+    args = statefulset["spec"]["template"]["spec"]["containers"][0]["args"]
+    settings = dict(zip(args[::2], args[1::2], strict=True))
+    assert settings["--appendonly"] == "yes" and settings["--maxmemory-policy"] == "noeviction"

@@ -24,7 +24,7 @@ from picker import loss_increments
 from service.live import LiveState, new_op
 from service.rules import Batch
 from service.settings import Settings
-from service.store import Backend, StoreError, open_backend
+from service.store import Backend, StoreError, Txn, open_backend
 from service.store.redis_store import RedisBackend
 from service.store.sqlite import SQLiteBackend
 from tests.redis_server import RedisServer
@@ -223,3 +223,20 @@ def test_an_unsafe_redis_is_refused_unless_allowed(
         open_backend(Settings(store="redis", redis_url=server.url, redis_allow_unsafe=True)).close()
     finally:
         server.stop()
+
+
+def test_a_failed_sqlite_commit_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """A deferred constraint makes COMMIT itself fail (SQLite then keeps the transaction
+    open): the backend rolls back, reports a StoreError, and stays usable."""
+    backend = SQLiteBackend(tmp_path / "commit.sqlite3")
+    db = backend._db
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    db.execute(
+        "CREATE TABLE child (p INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    with pytest.raises(StoreError, match="FOREIGN KEY"), backend._transaction(write=True) as tx:
+        tx.execute("INSERT INTO child VALUES (1)")
+    assert not db.in_transaction
+    assert backend.commit(Txn("after", add={"c": {"n": 1.0}})).status == "applied"
+    assert backend.counters("c") == {"n": 1.0}
