@@ -42,7 +42,6 @@ class ReplicaRuntime:
         self.counters = LocalCounters()
         self.knobs = RuntimeKnobs()
         self.selection: Selection | None = None
-        self.store_error: str | None = None
         self._pending_budget: Any = _UNSET
         self._pending_counters: tuple[str, dict[str, float]] | None = None
         self._flush_lock = asyncio.Lock()
@@ -53,9 +52,8 @@ class ReplicaRuntime:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self.executor, functools.partial(function, *args))
-        except StoreError as error:
+        except StoreError:
             self.counters.inc("errors", "store")
-            self.store_error = str(error)
             raise
 
     def start(self) -> None:
@@ -94,7 +92,7 @@ class ReplicaRuntime:
         if served_model(weights, selection.served, self.knobs.switch_margin) != selection.served:
             await self.reconcile(trigger=None)
             return
-        self.selection, self.store_error = selection, None
+        self.selection = selection
 
     async def reconcile(self, trigger: str | None) -> Selection:
         """Make the served model follow the posterior's best; returns the fresh selection."""
@@ -104,7 +102,6 @@ class ReplicaRuntime:
         if swapped:
             self.counters.inc("swaps")
         self.selection = await self.run_store(self.live.selection)
-        self.store_error = None
         return self.selection
 
     # ---- counters and upkeep -------------------------------------------------------------
