@@ -47,7 +47,6 @@ class LabelResult:
     item_id: str
     outcome: LabelOutcome
     detail: str | None = None
-    repeated: bool = False  # the answer to a repeat of the op that applied the label
 
 
 class LiveState:
@@ -152,14 +151,13 @@ class LiveState:
             if round_number is not None:
                 tally = self.backend.read([tally_key(round_number)]).get(tally_key(round_number))
             outcome, detail, txn = rules.apply_label(op, item_id, item, tally, label, now, ttl_s)
-            answer.update(outcome=outcome, detail=detail, repeated=txn is None)
+            answer.update(outcome=outcome, detail=detail)
             return txn, None
 
         committed, _ = self._transact(attempt)
         if committed.status == "replayed":
-            return LabelResult(item_id, "accepted", repeated=True)
-        repeated = answer["outcome"] == "accepted" and answer["repeated"]
-        return LabelResult(item_id, answer["outcome"], answer["detail"], repeated)
+            return LabelResult(item_id, "accepted")
+        return LabelResult(item_id, answer["outcome"], answer["detail"])
 
     def queue_depth(self, now: float, ttl_s: float) -> int:
         """Items of the current round queued within the TTL and not yet labeled, whether a

@@ -1,7 +1,9 @@
 """Prometheus metrics that read the same whichever replica answers /metrics.
 
-Event counts (requests, latency buckets, shadow work, labels, errors) are gathered per
-replica and added to the shared store every flush interval. Picker state (posterior, best,
+Event counts (requests, latency buckets, shadow work, rejected labels, errors) are gathered
+per replica and added to the shared store every flush interval. Accepted labels, queries
+and swaps are counted inside the store transaction that applies them (`service.rules`), so
+each counts exactly once whatever happens to its answer. Picker state (posterior, best,
 served model, queue depth) is read from the store at scrape time. The text is rendered
 with prometheus_client from those stored numbers.
 """

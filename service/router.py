@@ -264,7 +264,7 @@ class Router:
         except StoreError as error:
             failure = error
         for result in done:
-            if not result.repeated:  # a repeat after a 503 was counted when it applied
+            if result.outcome != "accepted":  # accepted ones count in the label's own write
                 counters.inc("labels", result.outcome)
         results = [schemas.LabelResult(item_id=r.item_id, outcome=r.outcome, detail=r.detail)
                    for r in done]  # fmt: skip

@@ -35,6 +35,9 @@ from service.store.base import Doc, Put, Retention, StoreError, Txn
 
 SCHEMA = 1
 META, COUNTERS, SWAPS = "meta", "counters", "swaps"
+# Metric counters that move in the same transaction as the event they count, so that each
+# event is counted exactly once whatever happens to the answer (`metrics.counter_key` form).
+QUERIES_COUNTER, ACCEPTED_COUNTER, SWAPS_COUNTER = "queries", "labels|accepted", "swaps"
 LabelOutcome = Literal["accepted", "duplicate", "unknown"]
 
 
@@ -221,7 +224,8 @@ def observe_batch(
     expect = {tally_key(picker.round): current.tally_version}
     expect.update({item_key(i.item_id): 0 for i in items})
     push = {queue_key(picker.round): {i.item_id: now for i in items}}
-    return Txn(op, expect=expect, put=put, push=push, result=len(items)), len(items)
+    add = {COUNTERS: {QUERIES_COUNTER: float(len(items))}} if items else {}
+    return Txn(op, expect=expect, put=put, push=push, add=add, result=len(items)), len(items)
 
 
 # ---- labeling ---------------------------------------------------------------------------
@@ -276,6 +280,7 @@ def apply_label(
         put={item_key(item_id): Put(labeled.to_dict(), labeled.expire_at),
              tally_key(stored.round): Put(updated.to_dict())},
         pull={queue_key(stored.round): [item_id]},
+        add={COUNTERS: {ACCEPTED_COUNTER: 1.0}},
         result="accepted",
     )  # fmt: skip
     return "accepted", None, txn
@@ -343,5 +348,6 @@ def swap(
     meta = replace(current.meta, served=target, version=current.meta.version + 1)
     round_key = tally_key(current.picker.round)
     txn = Txn(op, expect={META: current.meta_version, round_key: current.tally_version},
-              put={META: Put(meta.to_dict())}, append={SWAPS: [record]}, result=record)  # fmt: skip
+              put={META: Put(meta.to_dict())}, append={SWAPS: [record]},
+              add={COUNTERS: {SWAPS_COUNTER: 1.0}}, result=record)  # fmt: skip
     return txn, record

@@ -96,11 +96,7 @@ class ReplicaRuntime:
 
     async def reconcile(self, trigger: str | None) -> Selection:
         """Make the served model follow the posterior's best; returns the fresh selection."""
-        swapped = await self.run_store(
-            self.live.reconcile, self.knobs.switch_margin, trigger, time.time()
-        )
-        if swapped:
-            self.counters.inc("swaps")
+        await self.run_store(self.live.reconcile, self.knobs.switch_margin, trigger, time.time())
         self.selection = await self.run_store(self.live.selection)
         return self.selection
 

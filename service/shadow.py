@@ -88,9 +88,7 @@ class ShadowEvaluator:
         op = new_op("observe")
         for attempt in range(WRITE_ATTEMPTS):
             try:
-                queued = await self.run_store(
-                    self.live.observe, op, batch, knobs.gamma, rng, time.time()
-                )
+                await self.run_store(self.live.observe, op, batch, knobs.gamma, rng, time.time())
                 break
             except StoreError as error:
                 if attempt == WRITE_ATTEMPTS - 1:
@@ -98,4 +96,3 @@ class ShadowEvaluator:
                 logger.info("shadow batch %s: store write failed, repeating: %s", op, error)
                 await asyncio.sleep(0.5)
         self.counters.inc("shadow_items", "done", value=len(features))
-        self.counters.inc("queries", value=queued)

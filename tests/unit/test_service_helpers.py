@@ -66,3 +66,12 @@ def test_metrics_render_counters_histogram_and_state() -> None:
     assert "pickserve_store_up 0.0" in render(stored, selection, 4, store_up=False).decode()
     weight = float(text.split('pickserve_posterior_weight{model="m1"} ')[1].split()[0])
     np.testing.assert_allclose(weight, selection.picker.weights()[0])
+
+
+def test_counters_moved_by_the_state_use_the_metrics_key_format() -> None:
+    from service import rules
+    from service.metrics import counter_key
+
+    assert counter_key("labels", "accepted") == rules.ACCEPTED_COUNTER
+    assert counter_key("queries") == rules.QUERIES_COUNTER
+    assert counter_key("swaps") == rules.SWAPS_COUNTER
