@@ -138,6 +138,8 @@ BAD_REQUESTS: list[tuple[str, str, str, Any, int, str]] = [
      {"parameters": {f"p{i}": 1 for i in range(17)},
       "inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP64", "data": [0.0] * 64}]}, 422, "at most 16"),
     ("oversized round budget", "POST", "/v1/rounds", {"label_budget": 10**12}, 422, "less than or equal"),
+    ("negative current budget", "PATCH", "/v1/rounds/current", {"label_budget": -1}, 422, "greater than or equal"),
+    ("current budget missing", "PATCH", "/v1/rounds/current", {}, 422, "Field required"),
 ]  # fmt: skip
 
 
@@ -178,6 +180,22 @@ def test_bad_input_is_rejected_and_changes_nothing(
     assert (
         client.post("/v1/feedback", json={"labels": [label]}).json()["results"][0]["outcome"]
         == "accepted"
+    )
+
+
+def test_the_current_round_budget_changes_without_a_reset(
+    client: httpx.Client, demo: DemoData
+) -> None:
+    fill_queue(client, demo, n=16)
+    before = client.get("/v1/selection").json()
+    changed = client.patch("/v1/rounds/current", json={"label_budget": before["queries"] + 2})
+    assert changed.status_code == 200 and changed.json()["label_budget"] == before["queries"] + 2
+    assert (changed.json()["round"], changed.json()["step"]) == (before["round"], before["step"])
+    fill_queue(client, demo, n=64, offset=16)
+    assert client.get("/v1/selection").json()["queries"] == before["queries"] + 2
+    assert (
+        client.patch("/v1/rounds/current", json={"label_budget": None}).json()["label_budget"]
+        is None
     )
 
 
