@@ -29,7 +29,7 @@ from service.rules import (
     queue_key,
     tally_key,
 )
-from service.store.base import Backend, Committed, Retention, StoreError, Txn
+from service.store.base import Backend, Committed, Doc, Retention, StoreError, Txn
 
 # Swap records returned with a selection (the store keeps Retention.log_cap of them).
 RECENT_SWAPS = 200
@@ -54,6 +54,9 @@ class LiveState:
         self.backend = backend
         self.retention = retention or Retention()
 
+    def _read(self, key: str) -> Doc | None:
+        return self.backend.read([key]).get(key)
+
     def _transact(self, attempt: Callable[[], tuple[Txn | None, Any]]) -> tuple[Committed, Any]:
         """Run attempt() -> (txn, answer) until its txn commits (or it needs none)."""
         for _ in range(_MAX_ATTEMPTS):
@@ -72,18 +75,17 @@ class LiveState:
     ) -> None:
         """Create the state in one atomic step unless it exists; refuse another pool's."""
         self.backend.commit(rules.initialise(new_op("init"), models, served, budget, now))
-        meta = self.backend.read([META]).get(META)
+        meta = self._read(META)
         if meta is None:
             raise StoreError("the store lost its state right after creating it")
         rules.check_pool(rules.Meta.from_dict(meta.value), models, "the store")
 
     def selection(self, recent_swaps: int = RECENT_SWAPS) -> Selection:
         for _ in range(_MAX_ATTEMPTS):
-            meta = self.backend.read([META]).get(META)
+            meta = self._read(META)
             if meta is None:
                 raise StoreError("the store holds no pickserve state (not initialised)")
-            round_number = int(meta.value["round"])
-            tally = self.backend.read([tally_key(round_number)]).get(tally_key(round_number))
+            tally = self._read(tally_key(int(meta.value["round"])))
             if tally is not None and not tally.value["closed"]:
                 swaps = self.backend.log(SWAPS, recent_swaps) if recent_swaps > 0 else []
                 return rules.selection(meta, tally, swaps)
@@ -100,7 +102,8 @@ class LiveState:
 
         def attempt() -> tuple[Txn | None, Any]:
             current = self.selection(recent_swaps=0)
-            existing = {k.removeprefix("item:") for k in self.backend.read(keys)}
+            found = self.backend.read(keys)
+            existing = {i for i, key in zip(batch.item_ids, keys, strict=True) if key in found}
             txn, queued = rules.observe_batch(
                 op, current, existing, batch, gamma, rng, now, self.retention
             )
@@ -137,7 +140,7 @@ class LiveState:
         return leased
 
     def item(self, item_id: str) -> Item | None:
-        doc = self.backend.read([item_key(item_id)]).get(item_key(item_id))
+        doc = self._read(item_key(item_id))
         return None if doc is None else Item.from_dict(item_id, doc.value)
 
     def label(self, op: str, item_id: str, label: int, now: float, ttl_s: float) -> LabelResult:
@@ -145,11 +148,8 @@ class LiveState:
         answer: dict[str, Any] = {}
 
         def attempt() -> tuple[Txn | None, Any]:
-            item = self.backend.read([item_key(item_id)]).get(item_key(item_id))
-            round_number = None if item is None else int(item.value["round"])
-            tally = None
-            if round_number is not None:
-                tally = self.backend.read([tally_key(round_number)]).get(tally_key(round_number))
+            item = self._read(item_key(item_id))
+            tally = None if item is None else self._read(tally_key(int(item.value["round"])))
             outcome, detail, txn = rules.apply_label(op, item_id, item, tally, label, now, ttl_s)
             answer.update(outcome=outcome, detail=detail)
             return txn, None

@@ -332,13 +332,19 @@ def apply_config_budget(op: str, current: Selection, budget: int | None) -> Txn 
 # ---- swaps ------------------------------------------------------------------------------
 
 
+def swap_target(current: Selection, margin: float) -> int:
+    """The model to serve: the posterior's best once it leads the served one by more than
+    `margin` (`picker.served_model`), else the served model."""
+    return served_model(current.picker.weights(), current.served, margin)
+
+
 def swap(
     op: str, current: Selection, margin: float, trigger: str | None, now: float
 ) -> tuple[Txn | None, dict[str, Any] | None]:
     """Serve the posterior's best once it leads the served model by more than `margin`. The
     compare-and-set covers both documents the decision read (the served model and the
     round's losses), so a decision on stale losses never lands."""
-    target = served_model(current.picker.weights(), current.served, margin)
+    target = swap_target(current, margin)
     if target == current.served:
         return None, None
     names = current.meta.models

@@ -21,10 +21,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from picker import served_model
 from service.live import LiveState, new_op
 from service.metrics import LocalCounters
-from service.rules import Selection
+from service.rules import Selection, swap_target
 from service.schemas import RuntimeKnobs
 from service.store import StoreError
 
@@ -88,8 +87,7 @@ class ReplicaRuntime:
             if self._pending_budget is budget:
                 self._pending_budget = _UNSET
         selection = await self.run_store(self.live.selection)
-        weights = selection.picker.weights()
-        if served_model(weights, selection.served, self.knobs.switch_margin) != selection.served:
+        if swap_target(selection, self.knobs.switch_margin) != selection.served:
             await self.reconcile(trigger=None)
             return
         self.selection = selection

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +26,6 @@ from service.schemas import RuntimeKnobs
 from service.store import StoreError
 
 logger = logging.getLogger("pickserve")
-T = TypeVar("T")
 StoreCall = Callable[..., Awaitable[Any]]
 # A batch whose write keeps failing is given up after this many attempts (0.5 s apart,
 # after each attempt's own timeout): its items are then simply not observed.
