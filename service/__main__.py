@@ -1,4 +1,6 @@
-"""`python -m service`: run pickserve in the foreground on a local Ray instance."""
+"""`python -m service`: run pickserve in the foreground on a local Ray instance.
+
+`python -m service check-pool pool.yaml` checks a pool file without starting anything."""
 
 from __future__ import annotations
 
@@ -14,7 +16,15 @@ from service.settings import Settings
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    if sys.argv[1:2] == ["check-pool"]:
+        from service.check_pool import main as check_pool
+
+        return check_pool(sys.argv[2:])
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Run pickserve on a local Ray instance (`python -m service check-pool "
+        "pool.yaml` checks a pool file instead).",
+    )
     parser.add_argument("--port", type=int, help="HTTP port (default 8000, or PICKSERVE_PORT)")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--pool", type=Path, help="pool YAML (default: the demo pool)")
@@ -27,24 +37,23 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from service.app import build, check_store
+    from service.app import build, check_store, resolve_pool_file
     from service.pool import PoolLoadError
     from service.store import StoreError
 
-    try:
-        check_store(settings)  # before Ray starts: a bad store fails in a second
-    except StoreError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-    print("pickserve: starting Ray and loading the pool (the demo pool is built on first run)")
-    ray.init(include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": settings.host, "port": settings.port})
-    try:
-        serve.run(build(settings), name="pickserve", route_prefix="/")
+    if settings.pool is None:
+        print("pickserve: loading the demo pool (built on first run)")
+    try:  # before Ray starts: a bad store or pool fails in seconds, with one line
+        check_store(settings)
+        pool_file = resolve_pool_file(settings)
     except (PoolLoadError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+    print("pickserve: starting Ray Serve")
+    ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(build(settings, checked_pool=pool_file), name="pickserve", route_prefix="/")
     base = f"http://{settings.host}:{settings.port}"
     print(f"pickserve is up on {base} (store: {settings.store})")
     print(f"  API docs:   {base}/docs")

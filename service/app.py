@@ -3,29 +3,40 @@
 `build_app` is the builder Ray Serve's config files name (`import_path:
 service.app:build_app`); its `args` are the fields of `Settings`. The picker's knobs go to
 the router as `user_config`, so `serve deploy` with new knobs restarts nothing.
+
+The builder loads and probes every candidate before anything is deployed, so a broken pool
+stops deployment with one line naming the candidate, its file and the reason: `serve run
+service.app:build_app pool=...` prints it and exits with code 2 (as `make run` does); under
+`serve deploy` (the builder runs inside the cluster) it is the application's status message.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray.serve import Application
 
 from service.candidates import Candidates
 from service.demo_pool import ensure_demo
-from service.pool import read_pool_spec
+from service.pool import PoolLoadError, load_pool
 from service.router import Router
 from service.settings import Settings
-from service.store import open_backend
+from service.store import StoreError, open_backend
 
 
 def resolve_pool_file(settings: Settings) -> Path:
-    """The pool YAML to serve: the user's, or the demo pool (built on first use)."""
-    if settings.pool is not None:
-        read_pool_spec(settings.pool)  # fail early, with the file named
-        return settings.pool.resolve()
-    return ensure_demo(demo_folder(settings)).pool_file.resolve()
+    """The pool YAML to serve (the user's, or the demo pool, built on first use), after
+    loading and probing every candidate once here: a pool that cannot serve fails before
+    anything is deployed, with a one-line PoolLoadError, instead of inside a replica."""
+    if settings.pool is None:
+        pool_file = ensure_demo(demo_folder(settings)).pool_file.resolve()
+    else:
+        pool_file = settings.pool.resolve()
+    load_pool(pool_file)
+    return pool_file
 
 
 def demo_folder(settings: Settings) -> Path:
@@ -38,10 +49,11 @@ def check_store(settings: Settings) -> None:
     open_backend(settings).close()
 
 
-def build(settings: Settings) -> Application:
+def build(settings: Settings, checked_pool: Path | None = None) -> Application:
+    """The application; `checked_pool` is a pool file `resolve_pool_file` already checked."""
     settings = settings.model_copy(update={"state_dir": settings.state_dir.resolve()})
     check_store(settings)
-    pool_file = str(resolve_pool_file(settings))
+    pool_file = str(checked_pool or resolve_pool_file(settings))
     candidates = Candidates.bind(pool_file)  # type: ignore[attr-defined]
     router = Router.options(  # type: ignore[attr-defined]
         num_replicas=settings.router_replicas,
@@ -56,4 +68,14 @@ def build(settings: Settings) -> Application:
 
 def build_app(args: dict[str, Any]) -> Application:
     """Ray Serve application builder: `args` override the environment's settings."""
-    return build(Settings(**args))
+    try:
+        return build(Settings(**args))
+    except (PoolLoadError, StoreError) as error:
+        if ray.is_initialized():  # inside the cluster (serve deploy): the app's status
+            if isinstance(error, PoolLoadError):  # message ends with the line, no chain
+                raise PoolLoadError(str(error)) from None
+            raise
+        # `serve run service.app:build_app` calls the builder before Ray starts: answer as
+        # `make run` does, one line and exit code 2, rather than with a traceback.
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

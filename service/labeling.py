@@ -15,20 +15,37 @@ from service.schemas import Label
 from service.schemas import LabelResult as LabelResultModel
 
 
-def check_labels(labels: Sequence[Label], n_classes: int) -> list[LabelResultModel]:
-    """Results for labels outside the class set or repeated in the request; [] if none."""
+def check_labels(
+    labels: Sequence[Label], class_names: Sequence[str]
+) -> tuple[list[tuple[str, int]], list[LabelResultModel]]:
+    """Each label as (item id, class index), a label being a class index or a class name;
+    and the results for labels that are neither, or repeat an item ([] if none)."""
     seen: set[str] = set()
-    problems = []
+    resolved, problems = [], []
     for label in labels:
-        if not 0 <= label.label < n_classes:
-            detail = f"label {label.label} is outside the classes 0..{n_classes - 1}"
-        elif label.item_id in seen:
-            detail = "the same item appears twice in this request"
+        if isinstance(label.label, str):
+            index = class_names.index(label.label) if label.label in class_names else None
+            if index is None:
+                detail = f"label {label.label!r} is not a class name ({_listed(class_names)})"
         else:
-            seen.add(label.item_id)
+            index = label.label if 0 <= label.label < len(class_names) else None
+            if index is None:
+                detail = f"label {label.label} is outside the classes 0..{len(class_names) - 1}"
+        if index is not None and label.item_id in seen:
+            index, detail = None, "the same item appears twice in this request"
+        if index is None:
+            problems.append(
+                LabelResultModel(item_id=label.item_id, outcome="invalid", detail=detail)
+            )
             continue
-        problems.append(LabelResultModel(item_id=label.item_id, outcome="invalid", detail=detail))
-    return problems
+        seen.add(label.item_id)
+        resolved.append((label.item_id, index))
+    return resolved, problems
+
+
+def _listed(names: Sequence[str], most: int = 20) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def label_op(request_key: str, item_id: str) -> str:
@@ -37,7 +54,7 @@ def label_op(request_key: str, item_id: str) -> str:
 
 def apply_labels(
     live: LiveState,
-    labels: Sequence[Label],
+    labels: Sequence[tuple[str, int]],
     request_key: str,
     now: float,
     ttl_s: float,
@@ -45,6 +62,6 @@ def apply_labels(
 ) -> None:
     """Apply labels in order, appending each result to `done` as it is known, so that a
     store failure part-way leaves the caller with the labels that were decided."""
-    for label in labels:
-        op = label_op(request_key, label.item_id)
-        done.append(live.label(op, label.item_id, label.label, now, ttl_s))
+    for item_id, label in labels:
+        op = label_op(request_key, item_id)
+        done.append(live.label(op, item_id, label, now, ttl_s))

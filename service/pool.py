@@ -9,13 +9,17 @@ candidates:
   - {name: mlp, onnx: models/mlp.onnx}                 # onnxruntime
   - {name: custom, python: my_pkg.models:make_model}   # factory() -> has predict_proba
 ```
-Relative paths are relative to the YAML file. A candidate that fails to load is named in
-the start-up error.
+Relative paths are relative to the YAML file; a `python:` module is looked for in the YAML
+file's folder first, then in the folders of an optional `python_path:` list (relative to
+that folder), then among the installed packages. Each candidate is loaded and probed once
+(a batch of zeros must give one probability per class): anything that fails stops start-up
+with one line naming the candidate, its file and the reason.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +34,14 @@ FloatMatrix = npt.NDArray[np.float64]
 
 
 class PoolLoadError(RuntimeError):
-    """The pool file or one of its candidates cannot be loaded; the message says which."""
+    """The pool file or one of its candidates cannot be loaded. The message is one line
+    naming the pool file, the candidate and its source, and the reason."""
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as `Type: first line of its message`, whitespace collapsed."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
 
 class CandidateSpec(BaseModel):
@@ -48,6 +59,14 @@ class CandidateSpec(BaseModel):
             raise ValueError(f"candidate {self.name!r}: give exactly one of sklearn, onnx, python")
         return self
 
+    @property
+    def kind(self) -> str:
+        return "python" if self.python else "onnx" if self.onnx else "sklearn"
+
+    @property
+    def source(self) -> str:
+        return self.python or self.onnx or self.sklearn or ""
+
 
 class PoolSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -55,6 +74,11 @@ class PoolSpec(BaseModel):
     n_features: int = Field(..., ge=1, le=1_000_000)
     classes: int | list[str] = Field(..., description="number of classes, or their names")
     initial: str | None = None
+    python_path: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="folders searched for `python:` modules, relative to the pool file's "
+        "folder (which is always searched first)",
+    )  # fmt: skip
     candidates: list[CandidateSpec] = Field(..., min_length=2, max_length=1000)
 
     @model_validator(mode="after")
@@ -66,6 +90,8 @@ class PoolSpec(BaseModel):
             raise ValueError(f"initial model {self.initial!r} is not a candidate")
         if len(self.class_names) < 2:
             raise ValueError("a pool needs at least 2 classes")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError("class names must be unique")
         return self
 
     @property
@@ -81,23 +107,26 @@ class ProbabilisticModel(Protocol):
 
 @dataclass
 class Candidate:
-    """One loaded model; `class_probabilities` maps its outputs onto the pool's classes."""
+    """One loaded model; `class_probabilities` maps its outputs onto the pool's classes.
+
+    `columns[j]` is the pool class of the model's output column j (a model trained on a
+    slice may know only some classes, or name them): None when they are the same."""
 
     name: str
     model: Any
     n_classes: int
     kind: str
+    columns: npt.NDArray[np.int64] | None = None
 
     def class_probabilities(self, features: FloatMatrix) -> FloatMatrix:
         if self.kind == "onnx":
-            return self._onnx_probabilities(features)
-        raw = np.asarray(self.model.predict_proba(features), dtype=np.float64)
-        classes = getattr(self.model, "classes_", None)
-        if classes is None:
+            raw = self._onnx_probabilities(features)
+        else:
+            raw = np.asarray(self.model.predict_proba(features), dtype=np.float64)
+        if self.columns is None:
             return raw
-        # A model trained on a slice may know only some classes: place its columns.
         full = np.zeros((raw.shape[0], self.n_classes))
-        full[:, np.asarray(classes, dtype=np.int64)] = raw
+        full[:, self.columns] = raw
         return full
 
     def _onnx_probabilities(self, features: FloatMatrix) -> FloatMatrix:
@@ -136,58 +165,175 @@ class LoadedPool:
         return np.stack(columns, axis=1).astype(np.int64)
 
 
-def _load_model(spec: CandidateSpec, base: Path) -> tuple[Any, str]:
-    if spec.python is not None:
-        module_name, factory_name = spec.python.split(":")
-        factory = getattr(importlib.import_module(module_name), factory_name)
-        return factory(), "python"
-    path = base / (spec.sklearn or spec.onnx or "")
+class _CandidateError(Exception):
+    """Why one candidate failed, in words for the one-line error."""
+
+
+def search_path(pool_file: Path, spec: PoolSpec) -> list[Path]:
+    """Where `python:` modules are looked for: the pool file's folder, then python_path."""
+    folder = pool_file.resolve().parent
+    return [folder, *((folder / extra).resolve() for extra in spec.python_path)]
+
+
+def use_search_path(pool_file: Path, spec: PoolSpec) -> None:
+    """Put the pool's module folders first on sys.path (in the driver and in every Ray
+    worker that loads the pool), so modules beside the pool file import without PYTHONPATH."""
+    for folder in reversed(search_path(pool_file, spec)):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+
+
+def _import_factory(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> Any:
+    assert spec.python is not None
+    module_name, factory_name = spec.python.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        searched = ", ".join(str(p) for p in search_path(pool_file, pool))
+        raise _CandidateError(
+            f"cannot import module {module_name!r} ({one_line(error)}); searched the pool "
+            f"folder and python_path ({searched}) and the installed packages"
+        ) from error
+    except Exception as error:
+        reason = f"importing module {module_name!r} raised {one_line(error)}"
+        raise _CandidateError(reason) from error
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise _CandidateError(f"module {module_name!r} has no function {factory_name!r}")
+    try:
+        return factory()
+    except Exception as error:
+        raise _CandidateError(f"{factory_name}() raised {one_line(error)}") from error
+
+
+def _open_file(spec: CandidateSpec, base: Path) -> Any:
+    path = base / spec.source
+    if not path.exists():
+        raise _CandidateError(f"no such file: {path}")
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise _CandidateError(f"not a file: {path}")
     if spec.onnx is not None:
         import onnxruntime
 
-        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]), "onnx"
-    if path.suffix == ".skops":
-        import skops.io
+        try:
+            return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as error:
+            raise _CandidateError(f"not a loadable ONNX model: {one_line(error)}") from error
+    try:
+        if path.suffix == ".skops":
+            import skops.io
 
-        return skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path)), "sklearn"
-    import joblib
+            return skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
+        import joblib
 
-    return joblib.load(path), "sklearn"
+        return joblib.load(path)
+    except ModuleNotFoundError as error:
+        raise _CandidateError(
+            f"cannot be unpickled: it needs module {error.name!r}, which is not installed "
+            "where the pool is loaded"
+        ) from error
+    except OSError as error:
+        raise _CandidateError(f"cannot read {path} ({one_line(error)})") from error
+    except Exception as error:
+        raise _CandidateError(f"cannot be unpickled ({one_line(error)})") from error
+
+
+def _output_columns(model: Any, class_names: list[str]) -> npt.NDArray[np.int64] | None:
+    """Where a scikit-learn-style model's `classes_` sit among the pool's classes."""
+    classes = getattr(model, "classes_", None)
+    if classes is None:
+        return None
+    known = list(np.asarray(classes).ravel())
+    if all(isinstance(c, (int, np.integer)) for c in known):
+        outside = [int(c) for c in known if not 0 <= int(c) < len(class_names)]
+        if outside:
+            raise _CandidateError(
+                f"its classes_ include {outside}, outside the pool's class indices "
+                f"0..{len(class_names) - 1}"
+            )
+        indices = [int(c) for c in known]
+    else:
+        names = [str(c) for c in known]
+        missing = [n for n in names if n not in class_names]
+        if missing:
+            reason = f"its classes_ {missing} are not among the pool's classes {class_names}"
+            raise _CandidateError(reason)
+        indices = [class_names.index(n) for n in names]
+    if indices == list(range(len(class_names))):
+        return None
+    return np.asarray(indices, dtype=np.int64)
+
+
+def _probe(candidate: Candidate, n_features: int) -> None:
+    """Run the model once on a small batch: it must take n_features and give one
+    probability per pool class."""
+    probe = np.zeros((2, n_features))
+    try:
+        probabilities = candidate.class_probabilities(probe)
+    except Exception as error:
+        raise _CandidateError(
+            f"failed on a probe batch of shape (2, {n_features}) (does it take the pool's "
+            f"n_features={n_features}?): {one_line(error)}"
+        ) from error
+    if probabilities.ndim != 2 or probabilities.shape[0] != 2:
+        raise _CandidateError(
+            f"predict_proba on 2 items returned shape {probabilities.shape}, not (2, classes)"
+        )
+    if probabilities.shape[1] != candidate.n_classes:
+        raise _CandidateError(
+            f"it returns {probabilities.shape[1]} class probabilities per item, the pool has "
+            f"{candidate.n_classes} classes"
+        )
+
+
+def load_candidate(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> Candidate:
+    """Load and probe one candidate; PoolLoadError names it, its source and the reason."""
+    try:
+        if spec.python is not None:
+            model = _import_factory(spec, pool_file, pool)
+        else:
+            model = _open_file(spec, pool_file.parent)
+        if spec.onnx is None and not callable(getattr(model, "predict_proba", None)):
+            reason = f"it holds a {type(model).__name__}, which has no predict_proba(X)"
+            raise _CandidateError(reason)
+        columns = None if spec.onnx else _output_columns(model, pool.class_names)
+        candidate = Candidate(spec.name, model, len(pool.class_names), spec.kind, columns)
+        _probe(candidate, pool.n_features)
+    except _CandidateError as reason:
+        raise PoolLoadError(
+            f"{pool_file}: candidate {spec.name!r} ({spec.kind} {spec.source}): {reason}"
+        ) from reason.__cause__
+    return candidate
 
 
 def read_pool_spec(path: Path) -> PoolSpec:
     try:
         data = yaml.safe_load(path.read_text())
-        return PoolSpec.model_validate(data)
     except FileNotFoundError as error:
-        raise PoolLoadError(f"pool file {path} does not exist") from error
-    except (yaml.YAMLError, ValidationError) as error:
-        raise PoolLoadError(f"pool file {path} is not valid: {error}") from error
+        raise PoolLoadError(f"{path}: no such pool file") from error
+    except OSError as error:
+        raise PoolLoadError(f"{path}: cannot read the pool file ({one_line(error)})") from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or one_line(error)
+        raise PoolLoadError(f"{path}: not valid YAML{where}: {problem}") from error
+    try:
+        return PoolSpec.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'the file'}: {e['msg']}"
+            for e in error.errors()
+        )
+        raise PoolLoadError(f"{path}: not a valid pool file: {problems}") from error
 
 
 def load_pool(path: Path) -> LoadedPool:
-    """Load every candidate; fail with the candidate's name if any cannot be loaded."""
+    """Load and probe every candidate; the first that fails stops it with a one-line
+    PoolLoadError naming the candidate, its file and the reason."""
     spec = read_pool_spec(path)
-    candidates = []
-    probe = np.zeros((1, spec.n_features))
-    for candidate_spec in spec.candidates:
-        try:
-            model, kind = _load_model(candidate_spec, path.parent)
-            candidate = Candidate(candidate_spec.name, model, len(spec.class_names), kind)
-            probabilities = candidate.class_probabilities(probe)
-            if probabilities.shape != (1, len(spec.class_names)):
-                raise ValueError(
-                    f"it returns {probabilities.shape[1]} class probabilities, the pool has "
-                    f"{len(spec.class_names)} classes"
-                )
-        except Exception as error:
-            raise PoolLoadError(
-                f"candidate {candidate_spec.name!r} failed to load: {type(error).__name__}: {error}"
-            ) from error
-        candidates.append(candidate)
-    return LoadedPool(spec, candidates)
+    use_search_path(path, spec)
+    return LoadedPool(spec, [load_candidate(c, path, spec) for c in spec.candidates])
 
 
 def write_pool_file(path: Path, spec: PoolSpec) -> None:

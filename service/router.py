@@ -150,12 +150,14 @@ class Router:
         """Predict with the current best model; each item gets an id for feedback."""
         features = self._features(request.instances)
         selection, probabilities, item_ids = await self._serve(features)
+        classes = self.pool.class_names
         predictions = [
             schemas.ItemPrediction(
-                item_id=i, predicted_class=int(p.argmax()), probabilities=p.tolist()
+                item_id=i, predicted_class=int(p.argmax()), class_name=classes[int(p.argmax())],
+                probabilities=p.tolist(),
             )
             for i, p in zip(item_ids, probabilities, strict=True)
-        ]
+        ]  # fmt: skip
         return schemas.PredictResponse(
             model=self.names[selection.served],
             selection_version=selection.version,
@@ -188,7 +190,7 @@ class Router:
     @api.get("/v2/models/{name}")
     async def model_metadata(self, name: str = MODEL_NAME) -> dict[str, Any]:
         self._model_index(name)
-        return v2.metadata(name, self.pool.n_features, len(self.pool.class_names))
+        return v2.metadata(name, self.pool.n_features, self.pool.class_names)
 
     @api.post("/v2/models/{name}/infer")
     async def infer(
@@ -208,7 +210,9 @@ class Router:
         else:
             probabilities = await self._run_model(index, features)
             served, version, item_ids = self.names[index], None, None
-        return v2.response(name, request.id, probabilities, served, version, item_ids)
+        return v2.response(
+            name, request.id, probabilities, self.pool.class_names, served, version, item_ids
+        )
 
     # ---- labeling ----------------------------------------------------------------------
 
@@ -246,7 +250,7 @@ class Router:
         The status is 200 when any label was accepted, else 409 (duplicates) or 404. When the
         store fails part-way, 503: repeat with the same Idempotency-Key to learn the rest."""
         counters = self.runtime.counters
-        invalid = check_labels(request.labels, len(self.pool.class_names))
+        labels, invalid = check_labels(request.labels, self.pool.class_names)
         if invalid:
             counters.inc("labels", "invalid", value=len(invalid))
             rejected = [r.model_dump() for r in invalid]
@@ -258,7 +262,7 @@ class Router:
         failure: StoreError | None = None
         try:
             await self.runtime.run_store(
-                apply_labels, self.state, request.labels, key, time.time(),
+                apply_labels, self.state, labels, key, time.time(),
                 self.knobs.query_ttl_s, done,
             )  # fmt: skip
         except StoreError as error:
@@ -296,6 +300,16 @@ class Router:
             return self.selection
 
     # ---- selection, rounds, metrics ----------------------------------------------------
+
+    @api.get("/v1/pool", response_model=schemas.PoolInfo)
+    async def get_pool(self) -> schemas.PoolInfo:
+        """The pool being served: features per instance, class names, candidates."""
+        return schemas.PoolInfo(
+            n_features=self.pool.n_features, classes=self.pool.class_names,
+            candidates=[schemas.PoolCandidate(name=c.name, kind=c.kind)  # type: ignore[arg-type]
+                        for c in self.pool.candidates],
+            initial=self.pool.initial or self.names[0],
+        )  # fmt: skip
 
     @api.get("/v1/selection", response_model=schemas.Selection)
     async def get_selection(self) -> schemas.Selection:

@@ -68,6 +68,7 @@ class PredictRequest(Strict):
 class ItemPrediction(Strict):
     item_id: str = Field(..., description="id to quote when posting a label for this item")
     predicted_class: int = Field(..., alias="class", ge=0, description="predicted class index")
+    class_name: str = Field(..., description="the predicted class's name (the pool's classes)")
     probabilities: list[float] = Field(..., description="class probabilities, by class index")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -96,7 +97,10 @@ class QueriesResponse(Strict):
 
 class Label(Strict):
     item_id: str = Field(..., pattern=ITEM_ID_PATTERN, description="from /v1/queries")
-    label: int = Field(..., ge=-(2**31), le=2**31, description="true class index")
+    label: (
+        Annotated[int, Field(strict=True, ge=-(2**31), le=2**31)]
+        | Annotated[Text, Field(min_length=1, max_length=256)]
+    ) = Field(..., description="the true class: its index, or its name (a string)")
 
 
 class FeedbackRequest(Strict):
@@ -125,6 +129,18 @@ class SwapRecord(Strict):
     labels: int = Field(..., description="labels applied in the round at the time")
     round: int = Field(..., description="the round")
     trigger_item: str | None = Field(None, description="the label that moved the posterior")
+
+
+class PoolCandidate(Strict):
+    name: str = Field(..., description="the candidate's name")
+    kind: Literal["sklearn", "onnx", "python"] = Field(..., description="how it is loaded")
+
+
+class PoolInfo(Strict):
+    n_features: int = Field(..., ge=1, description="features per instance")
+    classes: list[str] = Field(..., description="class index -> class name")
+    candidates: list[PoolCandidate] = Field(..., description="the candidates, in pool order")
+    initial: str = Field(..., description="the model served before any label")
 
 
 class Selection(Strict):

@@ -10,7 +10,7 @@ from service.pool import FloatMatrix
 from service.schemas import V2Tensor
 
 
-def metadata(name: str, n_features: int, n_classes: int) -> dict[str, Any]:
+def metadata(name: str, n_features: int, class_names: list[str]) -> dict[str, Any]:
     return {
         "name": name,
         "versions": ["1"],
@@ -18,7 +18,8 @@ def metadata(name: str, n_features: int, n_classes: int) -> dict[str, Any]:
         "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, n_features]}],
         "outputs": [
             {"name": "predicted_class", "datatype": "INT64", "shape": [-1]},
-            {"name": "probabilities", "datatype": "FP64", "shape": [-1, n_classes]},
+            {"name": "predicted_class_name", "datatype": "BYTES", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(class_names)]},
         ],
     }
 
@@ -43,11 +44,13 @@ def response(
     name: str,
     request_id: str | None,
     probabilities: FloatMatrix,
+    class_names: list[str],
     served: str,
     version: int | None,
     item_ids: list[str] | None,
 ) -> dict[str, Any]:
     n_rows, n_classes = probabilities.shape
+    predicted = probabilities.argmax(axis=1).tolist()
     parameters: dict[str, Any] = {"served_model": served}
     if version is not None:
         parameters["selection_version"] = version
@@ -60,7 +63,9 @@ def response(
         "parameters": parameters,
         "outputs": [
             {"name": "predicted_class", "datatype": "INT64", "shape": [n_rows],
-             "data": probabilities.argmax(axis=1).tolist()},
+             "data": predicted},
+            {"name": "predicted_class_name", "datatype": "BYTES", "shape": [n_rows],
+             "data": [class_names[c] for c in predicted]},
             {"name": "probabilities", "datatype": "FP64", "shape": [n_rows, n_classes],
              "data": probabilities.ravel().tolist()},
         ],

@@ -8,6 +8,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from service.pool import PoolLoadError, as_feature_matrix, load_pool
+from tests import bad_pools
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(60, 4))
@@ -52,20 +53,29 @@ def test_sklearn_onnx_and_python_candidates_load(model_files: Path) -> None:
 @pytest.mark.parametrize(
     ("candidates", "message"),
     [
-        ("  - {name: a, sklearn: missing.joblib}\n  - {name: b, sklearn: logreg.joblib}\n", "'a' failed to load"),
-        ("  - {name: a, sklearn: logreg.joblib}\n  - {name: bad, python: 'tests.fixtures.models:make_broken'}\n",
-         "'bad' failed to load: RuntimeError: weights are corrupt"),
-        ("  - {name: a, sklearn: logreg.joblib}\n  - {name: nomod, python: 'no_such_module:f'}\n", "'nomod' failed"),
         ("  - {name: a, sklearn: logreg.joblib}\n", "at least 2"),
         ("  - {name: a, sklearn: logreg.joblib}\n  - {name: a, onnx: logreg.onnx}\n", "unique"),
         ("  - {name: a, sklearn: logreg.joblib, onnx: logreg.onnx}\n  - {name: b, onnx: logreg.onnx}\n", "exactly one"),
     ],
 )  # fmt: skip
-def test_bad_pools_fail_with_the_candidate_named(
+def test_pool_files_that_break_the_schema_are_refused(
     model_files: Path, candidates: str, message: str
 ) -> None:
     with pytest.raises(PoolLoadError, match=message):
         load_pool(write_pool(model_files, candidates))
+
+
+@pytest.mark.parametrize("kind", sorted(bad_pools.KINDS))
+def test_every_failure_kind_is_one_line_naming_candidate_file_and_reason(
+    tmp_path: Path, kind: str
+) -> None:
+    path, fragments = bad_pools.make(kind, tmp_path / kind)
+    with pytest.raises(PoolLoadError) as raised:
+        load_pool(path)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(str(path))
+    for fragment in fragments:
+        assert fragment in message
 
 
 def test_class_count_mismatch_is_named(model_files: Path) -> None:
@@ -75,14 +85,44 @@ def test_class_count_mismatch_is_named(model_files: Path) -> None:
         "  - {name: a, sklearn: logreg.joblib}\n  - {name: b, onnx: logreg.onnx}\n",
         "5",
     )
-    with pytest.raises(
-        PoolLoadError, match=r"'b' failed to load.*3 class probabilities, the pool has 5"
-    ):
+    with pytest.raises(PoolLoadError, match=r"'b'.*3 class probabilities per item, the pool has 5"):
         load_pool(path)
 
 
+def test_models_trained_on_class_names_are_placed_by_name(tmp_path: Path) -> None:
+    """A model fitted on string labels has classes_ sorted by name: its columns land on
+    the pool's classes by name, whatever the order."""
+    names = np.array(["setosa", "versicolor", "virginica"])[Y]
+    joblib.dump(LogisticRegression().fit(X, names), tmp_path / "named.joblib")
+    joblib.dump(LogisticRegression().fit(X, Y), tmp_path / "indexed.joblib")
+    pool = load_pool(write_pool(tmp_path, (
+        "  - {name: named, sklearn: named.joblib}\n"
+        "  - {name: indexed, sklearn: indexed.joblib}\n"
+    ), classes="[virginica, setosa, versicolor]"))  # fmt: skip
+    named, indexed = (c.class_probabilities(X[:20]) for c in pool.candidates)
+    # indexed's column k is class index k; named's "setosa" column must land on index 1
+    np.testing.assert_allclose(named[:, [1, 2, 0]], indexed, atol=1e-6)
+
+
+def test_python_modules_are_found_beside_the_pool_file_and_on_python_path(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "beside_pool_mod.py").write_text(bad_pools.MODULE)
+    (tmp_path / "lib" / "on_path_mod.py").write_text(bad_pools.MODULE)
+    path = tmp_path / "pool.yaml"
+    path.write_text(
+        "n_features: 4\nclasses: 3\npython_path: [lib]\ncandidates:\n"
+        "  - {name: a, python: 'beside_pool_mod:make_three'}\n"
+        "  - {name: b, python: 'on_path_mod:make_three'}\n"
+    )
+    pool = load_pool(path)
+    assert pool.names == ["a", "b"]
+    assert pool.predict_all(X[:3]).shape == (3, 2)
+
+
 def test_missing_pool_file(tmp_path: Path) -> None:
-    with pytest.raises(PoolLoadError, match="does not exist"):
+    with pytest.raises(PoolLoadError, match=r"nope\.yaml: no such pool file"):
         load_pool(tmp_path / "nope.yaml")
 
 

@@ -17,7 +17,7 @@ from service.labeling import apply_labels
 from service.live import LabelResult, LiveState, new_op
 from service.rules import Batch
 from service.runtime import ReplicaRuntime
-from service.schemas import Label, RuntimeKnobs
+from service.schemas import RuntimeKnobs
 from service.shadow import ShadowEvaluator
 from service.store import Committed, StoreError, Txn
 from service.store.memory import MemoryBackend
@@ -62,7 +62,7 @@ def loaded_state(
 
 def test_a_request_repeated_after_a_lost_answer_is_told_the_truth() -> None:
     live, backend, ids = loaded_state()
-    labels = [Label(item_id=i, label=1) for i in ids[:3]]
+    labels = [(i, 1) for i in ids[:3]]
     backend.fail("label:", lost_answer=False)  # fails the first label outright
     done: list[LabelResult] = []
     with pytest.raises(StoreError):

@@ -10,6 +10,8 @@ from service.metrics import LocalCounters, render
 from service.rules import Meta, Selection, Tally
 from service.schemas import Label, V2Tensor
 
+CLASSES = [str(n) for n in range(10)]
+
 
 def test_check_labels_flags_out_of_range_and_repeats() -> None:
     labels = [
@@ -17,9 +19,30 @@ def test_check_labels_flags_out_of_range_and_repeats() -> None:
         Label(item_id="b", label=10),
         Label(item_id="a", label=2),
     ]
-    problems = check_labels(labels, 10)
+    resolved, problems = check_labels(labels, CLASSES)
     assert [(p.item_id, p.outcome) for p in problems] == [("b", "invalid"), ("a", "invalid")]
-    assert check_labels(labels[:1], 10) == []
+    assert resolved == [("a", 1)]
+    assert check_labels(labels[:1], CLASSES) == ([("a", 1)], [])
+
+
+def test_labels_are_class_indices_or_class_names() -> None:
+    classes = ["malignant", "benign", "7"]
+    labels = [
+        Label(item_id="a", label="benign"),
+        Label(item_id="b", label=0),
+        Label(item_id="c", label="7"),  # the name "7" is class 2, not index 7
+        Label(item_id="d", label=2),
+    ]
+    assert check_labels(labels, classes) == ([("a", 1), ("b", 0), ("c", 2), ("d", 2)], [])
+    resolved, problems = check_labels([Label(item_id="e", label="Benign")], classes)
+    assert resolved == []
+    assert problems[0].detail == "label 'Benign' is not a class name (malignant, benign, 7)"
+
+
+def test_a_label_is_never_a_boolean_or_a_float() -> None:
+    for value in (True, 1.0):
+        with pytest.raises(ValueError, match="label"):
+            Label(item_id="a", label=value)  # type: ignore[arg-type]
 
 
 def test_v2_instances_accept_flat_and_nested_data() -> None:
