@@ -8,6 +8,7 @@ run the same loop.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import httpx
 import numpy as np
 
 from service.demo_pool import DemoData, ensure_demo
+from service.pool import read_pool_spec
 
 
 @dataclass
@@ -95,6 +97,30 @@ def _label_queue(client: httpx.Client, truth: dict[str, int], progress: DemoProg
     progress.selection = selection.json()
 
 
+def pool_mismatch(client: httpx.Client, demo: DemoData) -> str | None:
+    """Why the service is not serving the demo pool, or None when it is."""
+    answer = client.get("/v1/pool")
+    if answer.status_code == 404:
+        return "it does not describe its pool (GET /v1/pool): is it pickserve?"
+    answer.raise_for_status()
+    served = answer.json()
+    demo_spec = read_pool_spec(demo.pool_file)
+    names = [c["name"] for c in served["candidates"]]
+    if (
+        names == [c.name for c in demo_spec.candidates]
+        and served["n_features"] == demo_spec.n_features
+        and served["classes"] == demo_spec.class_names
+    ):
+        return None
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    return (
+        f"it serves another pool (candidates {shown}; {served['n_features']} features; "
+        f"classes {', '.join(served['classes'][:6])}), not the demo pool. `make demo` drives "
+        "only the demo pool: start it with `make run` (no POOL=), or label your own pool's "
+        "items with GET /v1/queries and POST /v1/feedback (README: 'Bring your own pool')"
+    )
+
+
 def _view(progress: DemoProgress, target: str) -> Any:
     from rich.table import Table
 
@@ -119,7 +145,9 @@ def _view(progress: DemoProgress, target: str) -> Any:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m service.demo", description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:8000")
-    parser.add_argument("--state-dir", type=Path, default=Path("var"))
+    parser.add_argument(
+        "--state-dir", type=Path, default=Path(os.environ.get("PICKSERVE_STATE_DIR", "var"))
+    )
     parser.add_argument("--max-items", type=int, default=20_000)
     args = parser.parse_args()
     from rich.console import Console
@@ -129,16 +157,21 @@ def main() -> int:
     target = demo.summary["best_today"]
     console = Console()
     first = demo.summary["best_on_training_distribution"]
-    console.print(f"best on the training distribution: {first}; on today's stream: {target}")
     started = time.monotonic()
     try:
-        with httpx.Client(base_url=args.url, timeout=30) as client, Live(console=console) as live:
-            progress = drive(client, demo, target, args.max_items,
-                             on_step=lambda p: live.update(_view(p, target)))  # fmt: skip
+        with httpx.Client(base_url=args.url, timeout=30) as client:
+            mismatch = pool_mismatch(client, demo)
+            if mismatch is not None:
+                print(f"error: the service at {args.url}: {mismatch}", file=sys.stderr)
+                return 2
+            console.print(f"best on the training distribution: {first}; on today's stream: "
+                          f"{target}")  # fmt: skip
+            with Live(console=console) as live:
+                progress = drive(client, demo, target, args.max_items,
+                                 on_step=lambda p: live.update(_view(p, target)))  # fmt: skip
     except httpx.HTTPError as error:
-        console.print(
-            f"[red]cannot talk to pickserve at {args.url}: {error}[/red] (is `make run` up?)"
-        )
+        print(f"error: cannot talk to pickserve at {args.url}: {error} (is `make run` up?)",
+              file=sys.stderr)  # fmt: skip
         return 1
     served = progress.selection.get("served_model")
     console.print(f"served model: {served} after {progress.items_served} items, "

@@ -18,8 +18,8 @@ def metadata(name: str, n_features: int, class_names: list[str]) -> dict[str, An
         "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, n_features]}],
         "outputs": [
             {"name": "predicted_class", "datatype": "INT64", "shape": [-1]},
-            {"name": "predicted_class_name", "datatype": "BYTES", "shape": [-1]},
             {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(class_names)]},
+            {"name": "predicted_class_name", "datatype": "BYTES", "shape": [-1]},
         ],
     }
 
@@ -64,9 +64,9 @@ def response(
         "outputs": [
             {"name": "predicted_class", "datatype": "INT64", "shape": [n_rows],
              "data": predicted},
-            {"name": "predicted_class_name", "datatype": "BYTES", "shape": [n_rows],
-             "data": [class_names[c] for c in predicted]},
             {"name": "probabilities", "datatype": "FP64", "shape": [n_rows, n_classes],
              "data": probabilities.ravel().tolist()},
+            {"name": "predicted_class_name", "datatype": "BYTES", "shape": [n_rows],
+             "data": [class_names[c] for c in predicted]},
         ],
     }  # fmt: skip

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from picker import loss_increments
+from service.demo import pool_mismatch
 from service.demo_pool import DemoData
 from tests.integration.conftest import Deploy
 
@@ -50,6 +51,11 @@ def picker_state(client: httpx.Client) -> dict[str, Any]:
     }
 
 
+def test_the_demo_pool_is_recognised_by_make_demo(client: httpx.Client, demo: DemoData) -> None:
+    assert pool_mismatch(client, demo) is None
+    assert client.get("/v1/pool").json()["classes"] == [str(n) for n in range(10)]
+
+
 def test_predict_answers_with_the_served_model(client: httpx.Client, demo: DemoData) -> None:
     answer = client.post("/v1/predict", json={"instances": demo.stream_features[:3].tolist()})
     assert answer.status_code == 200
@@ -59,7 +65,9 @@ def test_predict_answers_with_the_served_model(client: httpx.Client, demo: DemoD
     assert body["selection_version"] == selection["selection_version"]
     assert len(body["predictions"]) == 3 and len({p["item_id"] for p in body["predictions"]}) == 3
     for prediction in body["predictions"]:
-        assert 0 <= prediction["class"] < 10
+        assert 0 <= prediction["class"] < 10 and prediction["class_name"] == str(
+            prediction["class"]
+        )
         assert math.isclose(sum(prediction["probabilities"]), 1.0, rel_tol=1e-6)
 
 
@@ -229,6 +237,9 @@ def test_open_inference_protocol_v2(client: httpx.Client, demo: DemoData) -> Non
     direct = client.post(f"/v2/models/{target}/infer", json=request).json()
     assert direct["parameters"]["served_model"] == target
     assert len(direct["outputs"][1]["data"]) == 20
+    names = [str(c) for c in direct["outputs"][0]["data"]]
+    assert direct["outputs"][2] == {"name": "predicted_class_name", "datatype": "BYTES",
+                                    "shape": [2], "data": names}  # fmt: skip
 
 
 def test_metrics_read_the_same_from_every_scrape(deploy: Deploy, demo: DemoData) -> None:

@@ -47,9 +47,7 @@ def own_lines(stderr: str) -> list[str]:
 
 
 @pytest.mark.parametrize("kind", sorted(bad_pools.KINDS))
-def test_a_broken_pool_stops_make_run_serve_run_and_the_checker(
-    tmp_path: Path, kind: str
-) -> None:
+def test_a_broken_pool_stops_make_run_serve_run_and_the_checker(tmp_path: Path, kind: str) -> None:
     path, fragments = bad_pools.make(kind, tmp_path / "pool")
     env = environment(tmp_path / "state")
     commands = {
@@ -59,7 +57,9 @@ def test_a_broken_pool_stops_make_run_serve_run_and_the_checker(
         "check-pool": [sys.executable, "-m", "service", "check-pool", str(path)],
     }  # fmt: skip
     with ThreadPoolExecutor(len(commands)) as pool:
-        results = dict(zip(commands, pool.map(lambda c: run(c, env), commands.values())))
+        results = dict(
+            zip(commands, pool.map(lambda c: run(c, env), commands.values()), strict=True)
+        )
     for way, result in results.items():
         lines = own_lines(result.stderr)
         assert result.returncode == 2, (way, result.returncode, result.stderr[-2000:])
