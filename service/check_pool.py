@@ -119,7 +119,7 @@ def read_labels(path: Path, n_items: int, class_names: list[str]) -> npt.NDArray
 
 def coverage(candidate: Candidate, class_names: list[str]) -> str:
     """Which pool classes the model's outputs land on."""
-    if candidate.columns is None:
+    if candidate.columns is None or len(set(candidate.columns.tolist())) == len(class_names):
         return f"all {len(class_names)}"
     known = [class_names[i] for i in candidate.columns]
     return f"{len(known)} of {len(class_names)}: " + ", ".join(known[:6])
