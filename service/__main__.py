@@ -12,6 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from service.settings import Settings
 
 
@@ -30,7 +32,13 @@ def main() -> int:
     parser.add_argument("--pool", type=Path, help="pool YAML (default: the demo pool)")
     args = parser.parse_args()
     overrides = {k: v for k, v in vars(args).items() if v is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        for problem in error.errors():
+            where = ".".join(str(p) for p in problem["loc"])
+            print(f"error: setting {where}: {problem['msg']}", file=sys.stderr)
+        return 2
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 

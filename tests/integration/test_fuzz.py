@@ -1,7 +1,7 @@
 """Schemathesis fuzzes the running app from its own OpenAPI document: at least 1,000
 generated cases for every operation that takes input, and no response may be a 5xx.
 
-Operations without parameters (health, metrics, selection) have one possible request;
+Operations without parameters (health, metrics, pool, selection) have one possible request;
 schemathesis sends them a few times. The app is the real one, over Ray Serve and HTTP,
 with the embedded store; rounds and budgets the fuzzer posts change only its own state.
 """
@@ -19,7 +19,10 @@ import httpx
 from tests.integration.conftest import Deploy
 
 MIN_CASES = 1000
-PARAMETERLESS = {"GET /metrics", "GET /v1/selection", "GET /v2/health/live", "GET /v2/health/ready"}
+PARAMETERLESS = {
+    "GET /metrics", "GET /v1/pool", "GET /v1/selection", "GET /v2/health/live",
+    "GET /v2/health/ready",
+}  # fmt: skip
 
 
 def cases_per_operation(report: Path) -> Counter[str]:
