@@ -35,9 +35,9 @@ def main() -> int:
     try:
         settings = Settings(**overrides)
     except ValidationError as error:
-        for problem in error.errors():
-            where = ".".join(str(p) for p in problem["loc"])
-            print(f"error: setting {where}: {problem['msg']}", file=sys.stderr)
+        from service.app import settings_problem
+
+        print(f"error: {settings_problem(error)}", file=sys.stderr)
         return 2
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -46,15 +46,17 @@ def main() -> int:
     from ray import serve
 
     from service.app import build, check_store, resolve_pool_file
+    from service.auth import TokenError, read_tokens
     from service.pool import PoolLoadError
     from service.store import StoreError
 
     if settings.pool is None:
         print("pickserve: loading the demo pool (built on first run)")
-    try:  # before Ray starts: a bad store or pool fails in seconds, with one line
+    try:  # before Ray starts: a bad store, pool or token file fails in seconds, in one line
+        read_tokens(settings.tokens_file, settings.tokens)
         check_store(settings)
         pool_file = resolve_pool_file(settings)
-    except (PoolLoadError, StoreError) as error:
+    except (PoolLoadError, StoreError, TokenError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

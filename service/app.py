@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from pydantic import ValidationError
 from ray.serve import Application
 
+from service.auth import TokenError, read_tokens, token_table
 from service.candidates import Candidates
 from service.demo_pool import ensure_demo
 from service.pool import PoolLoadError, load_pool
@@ -61,8 +63,9 @@ def build(settings: Settings, checked_pool: Path | None = None) -> Application:
     )
     # The knobs travel only as user_config: changing them must not change the init args,
     # or Ray Serve would restart the replicas instead of calling reconfigure().
-    settings_json = settings.model_dump_json(exclude={"knobs"})
-    application: Application = router.bind(candidates, settings_json, pool_file)
+    settings_json = settings.model_dump_json(exclude={"knobs", "tokens"})
+    tokens = token_table(read_tokens(settings.tokens_file, settings.tokens))
+    application: Application = router.bind(candidates, settings_json, pool_file, tokens)
     return application
 
 
@@ -70,12 +73,25 @@ def build_app(args: dict[str, Any]) -> Application:
     """Ray Serve application builder: `args` override the environment's settings."""
     try:
         return build(Settings(**args))
-    except (PoolLoadError, StoreError) as error:
+    except (PoolLoadError, StoreError, TokenError, ValidationError) as error:
+        reason = settings_problem(error) if isinstance(error, ValidationError) else str(error)
         if ray.is_initialized():  # inside the cluster (serve deploy): the app's status
-            if isinstance(error, PoolLoadError):  # message ends with the line, no chain
-                raise PoolLoadError(str(error)) from None
-            raise
+            raise StartupError(reason) from None  # ends with the line, no chained noise
         # `serve run service.app:build_app` calls the builder before Ray starts: answer as
         # `make run` does, one line and exit code 2, rather than with a traceback.
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {reason}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class StartupError(RuntimeError):
+    """pickserve cannot start with this pool, store, token file or settings."""
+
+
+def settings_problem(error: ValidationError) -> str:
+    """A settings ValidationError as one line."""
+    return "; ".join(
+        f"setting {'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+        if e["loc"]
+        else str(e["msg"]).removeprefix("Value error, ")
+        for e in error.errors()
+    )

@@ -11,13 +11,14 @@ from pathlib import Path as FilePath
 from typing import Any
 
 import numpy as np
-from fastapi import Header, HTTPException, Path, Query, Request
+from fastapi import Depends, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from service import schemas, v2
+from service.auth import Authenticator, Caller, Role
 from service.candidates import ModelOutputError
 from service.http import AsciiJSONResponse, make_api
 from service.labeling import apply_labels, check_labels
@@ -35,6 +36,30 @@ from service.store.factory import retention
 logger = logging.getLogger("pickserve")
 _limits = {"max_request_bytes": Settings.model_fields["max_request_bytes"].default}
 api = make_api(lambda: int(_limits["max_request_bytes"]))
+_auth = {"authenticator": Authenticator([])}
+
+
+def needs(role: Role) -> Any:
+    """A route dependency: the caller, if its token has `role` (admin has every role).
+    401 without a known token, 403 with a token that lacks the role."""
+
+    async def caller_with_role(
+        authorization: str | None = Header(None, include_in_schema=False),
+    ) -> Caller:
+        caller = _auth["authenticator"].caller(authorization)
+        if caller is None:
+            raise HTTPException(
+                401, "missing or unknown token: send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": 'Bearer realm="pickserve"'},
+            )  # fmt: skip
+        if not caller.may(role):
+            raise HTTPException(403, f"the token of {caller.name!r} lacks the {role!r} role")
+        return caller
+
+    return Depends(caller_with_role)
+
+
+INFER, LABEL, ADMIN = needs("infer"), needs("label"), needs("admin")
 
 
 def idempotency_header() -> Any:
@@ -68,10 +93,15 @@ def _unavailable(error: StoreError, what: str) -> HTTPException:
 @serve.ingress(api)
 class Router:
     async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async constructor
-        self, candidates: DeploymentHandle[Any], settings_json: str, pool_file: str
+        self,
+        candidates: DeploymentHandle[Any],
+        settings_json: str,
+        pool_file: str,
+        token_table: list[dict[str, Any]],
     ) -> None:
         self.settings = Settings.model_validate_json(settings_json)
         _limits["max_request_bytes"] = self.settings.max_request_bytes
+        _auth["authenticator"] = Authenticator(token_table)
         self.candidates = candidates
         self.pool: PoolSpec = read_pool_spec(FilePath(pool_file))
         self.names = [c.name for c in self.pool.candidates]
@@ -146,7 +176,9 @@ class Router:
     # ---- inference -------------------------------------------------------------------
 
     @api.post("/v1/predict", response_model=schemas.PredictResponse, response_model_by_alias=True)
-    async def predict(self, request: schemas.PredictRequest) -> schemas.PredictResponse:
+    async def predict(
+        self, request: schemas.PredictRequest, caller: Caller = INFER
+    ) -> schemas.PredictResponse:
         """Predict with the current best model; each item gets an id for feedback."""
         features = self._features(request.instances)
         selection, probabilities, item_ids = await self._serve(features)
@@ -188,14 +220,17 @@ class Router:
         return self.names.index(name)
 
     @api.get("/v2/models/{name}")
-    async def model_metadata(self, name: str = MODEL_NAME) -> dict[str, Any]:
+    async def model_metadata(
+        self, name: str = MODEL_NAME, caller: Caller = INFER
+    ) -> dict[str, Any]:
         self._model_index(name)
         return v2.metadata(name, self.pool.n_features, self.pool.class_names)
 
     @api.post("/v2/models/{name}/infer")
     async def infer(
-        self, request: schemas.V2InferRequest, name: str = MODEL_NAME
-    ) -> dict[str, Any]:
+        self, request: schemas.V2InferRequest, name: str = MODEL_NAME,
+        caller: Caller = INFER,
+    ) -> dict[str, Any]:  # fmt: skip
         """Open Inference Protocol v2. `router` answers with the served model (and its
         items may be sampled for labeling); a candidate's name runs that candidate alone."""
         index = self._model_index(name)
@@ -218,9 +253,19 @@ class Router:
 
     @api.get("/v1/queries", response_model=schemas.QueriesResponse)
     async def queries(
-        self, limit: int = Query(10, ge=1, le=500, description="items to lease at most")
+        self,
+        limit: int = Query(10, ge=1, le=500, description="items to lease at most"),
+        include_predictions: bool = Query(
+            False, description="also each candidate's prediction (always for admin)"
+        ),
+        caller: Caller = LABEL,
     ) -> schemas.QueriesResponse:
-        """Items to label, leased to the caller for lease_s so no one else gets them."""
+        """Items to label, leased to the caller for lease_s so no one else gets them.
+        Labelers never see q (the probability an item was asked with: a labeler who knew
+        it could pick the items whose labels weigh most), nor, unless they ask, the
+        candidates' predictions (they anchor judgement); admins see both."""
+        admin = caller.may("admin")
+        with_predictions = admin or include_predictions
         now, knobs = time.time(), self.knobs
         try:
             leased = await self.runtime.run_store(
@@ -231,8 +276,10 @@ class Router:
             raise _unavailable(error, "the queue") from error
         items = [
             schemas.QueryItem(
-                item_id=i.item_id, instance=list(i.instance), q=i.q, round=i.round,
-                predictions=dict(zip(self.names, i.predictions, strict=True)),
+                item_id=i.item_id, instance=list(i.instance), q=i.q if admin else None,
+                round=i.round,
+                predictions=dict(zip(self.names, i.predictions, strict=True))
+                if with_predictions else None,
                 lease_expires_at=now + knobs.lease_s,
             )
             for i in leased
@@ -243,7 +290,10 @@ class Router:
 
     @api.post("/v1/feedback", response_model=schemas.FeedbackResponse)
     async def feedback(
-        self, request: schemas.FeedbackRequest, idempotency_key: str | None = idempotency_header()
+        self,
+        request: schemas.FeedbackRequest,
+        idempotency_key: str | None = idempotency_header(),
+        caller: Caller = LABEL,
     ) -> JSONResponse:
         """Labels by item id. A request with an invalid label applies nothing (422);
         otherwise each label is applied once and answered accepted, duplicate or unknown.
@@ -302,7 +352,7 @@ class Router:
     # ---- selection, rounds, metrics ----------------------------------------------------
 
     @api.get("/v1/pool", response_model=schemas.PoolInfo)
-    async def get_pool(self) -> schemas.PoolInfo:
+    async def get_pool(self, caller: Caller = INFER) -> schemas.PoolInfo:
         """The pool being served: features per instance, class names, candidates."""
         return schemas.PoolInfo(
             n_features=self.pool.n_features, classes=self.pool.class_names,
@@ -312,8 +362,11 @@ class Router:
         )  # fmt: skip
 
     @api.get("/v1/selection", response_model=schemas.Selection)
-    async def get_selection(self) -> schemas.Selection:
+    async def get_selection(self, caller: Caller = LABEL) -> schemas.Selection:
         """The picker's state, the served model and the audit trail of swaps."""
+        return await self._selection_response()
+
+    async def _selection_response(self) -> schemas.Selection:
         try:
             selection = await self.runtime.run_store(self.state.selection)
         except StoreError as error:
@@ -334,6 +387,7 @@ class Router:
         self,
         request: schemas.RoundRequest | None = None,
         idempotency_key: str | None = idempotency_header(),
+        caller: Caller = ADMIN,
     ) -> schemas.Selection:
         """Start a new round (a new data period): losses and step reset, the queue is
         dropped, the served model stays until labels move the posterior."""
@@ -345,10 +399,12 @@ class Router:
             await self.runtime.run_store(self.state.start_round, op, budget, time.time())
         except StoreError as error:
             raise _unavailable(error, "rounds") from error
-        return await self.get_selection()
+        return await self._selection_response()
 
     @api.patch("/v1/rounds/current", response_model=schemas.Selection)
-    async def set_round_budget(self, request: schemas.BudgetRequest) -> schemas.Selection:
+    async def set_round_budget(
+        self, request: schemas.BudgetRequest, caller: Caller = ADMIN
+    ) -> schemas.Selection:
         """Change the current round's label budget (queries already issued stay)."""
         try:
             await self.runtime.run_store(
@@ -356,7 +412,7 @@ class Router:
             )
         except StoreError as error:
             raise _unavailable(error, "rounds") from error
-        return await self.get_selection()
+        return await self._selection_response()
 
     @api.get("/metrics")
     async def metrics(self) -> Response:

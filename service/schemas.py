@@ -83,8 +83,12 @@ class PredictResponse(Strict):
 class QueryItem(Strict):
     item_id: str = Field(..., description="quote it in the label")
     instance: list[float] = Field(..., description="the features, so a person can decide")
-    predictions: dict[str, int] = Field(..., description="each candidate's predicted class")
-    q: float = Field(..., gt=0, le=1, description="probability with which it was queried")
+    predictions: dict[str, int] | None = Field(
+        None, description="each candidate's predicted class (admins, or when asked for)"
+    )
+    q: float | None = Field(
+        None, gt=0, le=1, description="probability with which it was queried (admins only)"
+    )
     round: int = Field(..., ge=0, description="the round it belongs to")
     lease_expires_at: float = Field(..., description="unix time the lease ends")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.schemas import RuntimeKnobs
@@ -58,7 +58,38 @@ class Settings(BaseSettings):
     selection_refresh_s: float = Field(
         0.2, gt=0, le=1.0, description="how often a replica re-reads the served model"
     )
+    tokens_file: Path | None = Field(
+        None, description="YAML or JSON list of {name, token, roles}; roles: infer, label, admin"
+    )
+    tokens: str | None = Field(
+        None, repr=False,
+        description="the same list as JSON, in the variable PICKSERVE_TOKENS (e.g. from a "
+        "Kubernetes Secret)",
+    )  # fmt: skip
+    allow_insecure: bool = Field(
+        False,
+        description="serve every route to anyone, with no tokens, on an address other than "
+        "127.0.0.1: never in production",
+    )
     knobs: RuntimeKnobs = Field(default_factory=RuntimeKnobs)
+
+    @model_validator(mode="after")
+    def tokens_or_loopback(self) -> Settings:
+        """With no tokens, anyone who reaches the port may reset rounds and steer labels:
+        only on 127.0.0.1, or when allow_insecure says so."""
+        from service.auth import LOOPBACK
+
+        if self.host not in LOOPBACK and not self.has_tokens and not self.allow_insecure:
+            raise ValueError(
+                f"listening on {self.host} with no tokens would open every route (rounds, "
+                "labels) to anyone who reaches the port: set PICKSERVE_TOKENS_FILE or "
+                "PICKSERVE_TOKENS, or PICKSERVE_ALLOW_INSECURE=true for a throwaway setup"
+            )
+        return self
+
+    @property
+    def has_tokens(self) -> bool:
+        return self.tokens_file is not None or bool(self.tokens and self.tokens.strip())
 
     def store_path(self) -> Path:
         return self.state_dir / f"{self.store_namespace}.sqlite3"

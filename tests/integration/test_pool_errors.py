@@ -92,8 +92,8 @@ def test_serve_run_of_a_config_file_reports_the_line_in_the_app_status(tmp_path:
     found, deadline = None, time.monotonic() + 90
     try:
         for line in process.stdout:  # Ray forwards the controller's log to this output
-            if "PoolLoadError: " in line:
-                found = line.split("PoolLoadError: ", 1)[1].strip()
+            if "StartupError: " in line:
+                found = line.split("StartupError: ", 1)[1].strip()
                 break
             if time.monotonic() > deadline:
                 break

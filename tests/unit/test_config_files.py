@@ -23,7 +23,11 @@ def serve_configs() -> list[dict]:  # type: ignore[type-arg]
 def test_serve_config_builds_settings_and_knobs(config: dict) -> None:  # type: ignore[type-arg]
     (app,) = config["applications"]
     assert app["import_path"] == "service.app:build_app"
-    Settings(**app["args"])
+    settings = Settings(**app["args"])
+    # the settings' host is the address the proxy listens on: it decides if tokens are needed
+    assert settings.host == config["http_options"]["host"]
+    if settings.host != "127.0.0.1":
+        assert settings.tokens_file is not None
     (router,) = [d for d in app["deployments"] if d["name"] == "Router"]
     RuntimeKnobs(**router["user_config"])
 
