@@ -59,9 +59,10 @@ def apply_labels(
     now: float,
     ttl_s: float,
     done: list[LabelResult],
+    by: str = "anonymous",
 ) -> None:
     """Apply labels in order, appending each result to `done` as it is known, so that a
     store failure part-way leaves the caller with the labels that were decided."""
     for item_id, label in labels:
         op = label_op(request_key, item_id)
-        done.append(live.label(op, item_id, label, now, ttl_s))
+        done.append(live.label(op, item_id, label, now, ttl_s, by))

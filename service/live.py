@@ -24,7 +24,10 @@ from service.rules import (
     Batch,
     Item,
     LabelOutcome,
+    RoundRecord,
     Selection,
+    Tally,
+    audit_key,
     item_key,
     queue_key,
     tally_key,
@@ -143,14 +146,19 @@ class LiveState:
         doc = self._read(item_key(item_id))
         return None if doc is None else Item.from_dict(item_id, doc.value)
 
-    def label(self, op: str, item_id: str, label: int, now: float, ttl_s: float) -> LabelResult:
-        """Apply one label once (see `rules.apply_label`)."""
+    def label(
+        self, op: str, item_id: str, label: int, now: float, ttl_s: float,
+        by: str = "anonymous",
+    ) -> LabelResult:  # fmt: skip
+        """Apply one label once, recording who gave it (see `rules.apply_label`)."""
         answer: dict[str, Any] = {}
 
         def attempt() -> tuple[Txn | None, Any]:
             item = self._read(item_key(item_id))
             tally = None if item is None else self._read(tally_key(int(item.value["round"])))
-            outcome, detail, txn = rules.apply_label(op, item_id, item, tally, label, now, ttl_s)
+            outcome, detail, txn = rules.apply_label(
+                op, item_id, item, tally, label, now, ttl_s, by
+            )
             answer.update(outcome=outcome, detail=detail)
             return txn, None
 
@@ -169,7 +177,8 @@ class LiveState:
 
     def start_round(self, op: str, budget: int | None, now: float) -> int:
         def attempt() -> tuple[Txn | None, Any]:
-            return rules.new_round(op, self.selection(recent_swaps=0), budget, now)
+            current = self.selection(recent_swaps=0)
+            return rules.new_round(op, current, budget, now, self.retention.rounds_kept)
 
         committed, new_round = self._transact(attempt)
         return int(committed.result if committed.status == "replayed" else new_round)
@@ -188,6 +197,29 @@ class LiveState:
 
         committed, record = self._transact(attempt)
         return record is not None and committed.status == "applied"
+
+    # ---- history -----------------------------------------------------------------------
+
+    def rounds(self, last: int) -> list[RoundRecord]:
+        """The newest `last` rounds still kept, newest first, read in one snapshot."""
+        meta = self._read(META)
+        if meta is None:
+            raise StoreError("the store holds no pickserve state (not initialised)")
+        current = int(meta.value["round"])
+        numbers = list(range(current, max(current - last, -1), -1))
+        tallies = self.backend.read([tally_key(r) for r in numbers])
+        swaps = self.backend.log(SWAPS, self.retention.log_cap)
+        return [
+            RoundRecord(r, Tally.from_dict(tallies[tally_key(r)].value),
+                        [s for s in swaps if s.get("round") == r])
+            for r in numbers if tally_key(r) in tallies
+        ]  # fmt: skip
+
+    def audit(self, round_number: int, last: int) -> list[dict[str, Any]] | None:
+        """The newest `last` labels of a kept round, oldest first (None: not kept)."""
+        if not self.backend.read([tally_key(round_number)]):
+            return None
+        return [dict(r) for r in self.backend.log(audit_key(round_number), last)]
 
     # ---- counters and upkeep ---------------------------------------------------------------
 

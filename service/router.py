@@ -313,7 +313,7 @@ class Router:
         try:
             await self.runtime.run_store(
                 apply_labels, self.state, labels, key, time.time(),
-                self.knobs.query_ttl_s, done,
+                self.knobs.query_ttl_s, done, caller.name,
             )  # fmt: skip
         except StoreError as error:
             failure = error
@@ -400,6 +400,51 @@ class Router:
         except StoreError as error:
             raise _unavailable(error, "rounds") from error
         return await self._selection_response()
+
+    @api.get("/v1/rounds", response_model=schemas.RoundsResponse)
+    async def list_rounds(
+        self,
+        limit: int = Query(20, ge=1, le=1000, description="rounds to list, newest first"),
+        caller: Caller = ADMIN,
+    ) -> schemas.RoundsResponse:
+        """Round history: start, end, budget, labels, queries, final posterior, swaps."""
+        try:
+            records = await self.runtime.run_store(self.state.rounds, limit)
+        except StoreError as error:
+            raise _unavailable(error, "rounds") from error
+        rounds = []
+        for record in records:
+            picker = record.tally.picker
+            rounds.append(schemas.RoundRecord(
+                round=record.number, started_at=record.tally.started_at,
+                ended_at=record.tally.ended_at, label_budget=picker.budget, step=picker.step,
+                queries=picker.queries, labels=picker.labels,
+                posterior=dict(zip(self.names, picker.weights().tolist(), strict=True)),
+                best_model=self.names[record.best],
+                swaps=[schemas.SwapRecord.model_validate(s) for s in record.swaps],
+            ))  # fmt: skip
+        return schemas.RoundsResponse(rounds=rounds)
+
+    @api.get("/v1/rounds/{number}/labels", response_model=schemas.LabelAudit)
+    async def round_labels(
+        self,
+        number: int = Path(..., ge=0, le=2**53, description="the round"),
+        limit: int = Query(1000, ge=1, le=100_000, description="the newest labels, at most"),
+        caller: Caller = ADMIN,
+    ) -> schemas.LabelAudit:
+        """The round's label audit: every accepted label, who gave it and when."""
+        try:
+            entries = await self.runtime.run_store(self.state.audit, number, limit)
+        except StoreError as error:
+            raise _unavailable(error, "the label audit") from error
+        if entries is None:
+            raise HTTPException(404, f"round {number} is not kept (PICKSERVE_ROUNDS_KEPT)")
+        classes = self.pool.class_names
+        return schemas.LabelAudit(round=number, labels=[
+            schemas.AuditedLabel(item_id=e["item_id"], label=e["label"],
+                                 class_name=classes[e["label"]], by=e["by"], at=e["at"])
+            for e in entries
+        ])  # fmt: skip
 
     @api.patch("/v1/rounds/current", response_model=schemas.Selection)
     async def set_round_budget(

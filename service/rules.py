@@ -31,7 +31,7 @@ from picker import (
     record_queries,
     served_model,
 )
-from service.store.base import Doc, Put, Retention, StoreError, Txn
+from service.store.base import AUDIT_PREFIX, Doc, Put, Retention, StoreError, Txn
 
 SCHEMA = 1
 META, COUNTERS, SWAPS = "meta", "counters", "swaps"
@@ -51,6 +51,11 @@ def queue_key(round_number: int) -> str:
 
 def item_key(item_id: str) -> str:
     return f"item:{item_id}"
+
+
+def audit_key(round_number: int) -> str:
+    """The round's label audit log: who gave which label, when."""
+    return f"{AUDIT_PREFIX}{round_number}"
 
 
 @dataclass(frozen=True)
@@ -81,15 +86,17 @@ class Tally:
     picker: PickerState
     closed: bool = False
     started_at: float = 0.0
+    ended_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"picker": self.picker.to_dict(), "closed": self.closed,
-                "started_at": self.started_at}  # fmt: skip
+                "started_at": self.started_at, "ended_at": self.ended_at}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Tally:
+        ended = data.get("ended_at")
         return cls(PickerState.from_dict(data["picker"]), bool(data["closed"]),
-                   float(data["started_at"]))  # fmt: skip
+                   float(data["started_at"]), None if ended is None else float(ended))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,19 @@ class Selection:
     def best(self) -> int:
         """The posterior's best model: argmax w = argmin L (the first one on ties)."""
         return int(np.argmin(self.picker.loss_array))
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """A round as history shows it: its tally (closed or current) and its swaps."""
+
+    number: int
+    tally: Tally
+    swaps: list[dict[str, Any]]
+
+    @property
+    def best(self) -> int:
+        return int(np.argmin(self.tally.picker.loss_array))
 
 
 # ---- start-up ---------------------------------------------------------------------------
@@ -254,8 +274,10 @@ def apply_label(
     label: int,
     now: float,
     ttl_s: float,
+    by: str = "anonymous",
 ) -> tuple[LabelOutcome, str | None, Txn | None]:
-    """Apply a label once: L += [f_i(x) != y] / q, labels += 1, the item leaves the queue.
+    """Apply a label once: L += [f_i(x) != y] / q, labels += 1, the item leaves the queue,
+    and the round's audit log records who gave it (`by`) and when.
 
     A repeat by the op that applied it is answered 'accepted' (the truth for a retry after
     an unclear outcome); any other repeat is 'duplicate'. Stale items are 'unknown'."""
@@ -281,6 +303,8 @@ def apply_label(
              tally_key(stored.round): Put(updated.to_dict())},
         pull={queue_key(stored.round): [item_id]},
         add={COUNTERS: {ACCEPTED_COUNTER: 1.0}},
+        append={audit_key(stored.round): [
+            {"item_id": item_id, "label": label, "by": by, "at": now}]},
         result="accepted",
     )  # fmt: skip
     return "accepted", None, txn
@@ -289,21 +313,29 @@ def apply_label(
 # ---- rounds and budget ------------------------------------------------------------------
 
 
-def new_round(op: str, current: Selection, budget: int | None, now: float) -> tuple[Txn, int]:
+def new_round(
+    op: str, current: Selection, budget: int | None, now: float, rounds_kept: int = 100
+) -> tuple[Txn, int]:
     """A fresh data period: a new tally (L and t at 0) with its budget; the old round is
-    closed (its late labels are stale) and its queue dropped."""
+    closed (its late labels are stale, its tally stays as the round's record) and its
+    queue dropped. The round that falls out of the newest `rounds_kept` is forgotten, its
+    record and its label audit."""
     old = current.picker.round
     fresh = Tally(initial_state(current.picker.n_models, budget, old + 1), started_at=now)
     meta = replace(current.meta, round=old + 1)
+    closed = replace(current.tally, closed=True, ended_at=now)
+    put = {META: Put(meta.to_dict()), tally_key(old): Put(closed.to_dict()),
+           tally_key(old + 1): Put(fresh.to_dict())}  # fmt: skip
+    drop = [queue_key(old)]
+    forgotten = old + 1 - rounds_kept
+    if forgotten >= 0:
+        put[tally_key(forgotten)] = Put(None)
+        drop.append(audit_key(forgotten))
     txn = Txn(
         op,
         expect={META: current.meta_version, tally_key(old): current.tally_version,
                 tally_key(old + 1): 0},
-        put={META: Put(meta.to_dict()),
-             tally_key(old): Put(replace(current.tally, closed=True).to_dict()),
-             tally_key(old + 1): Put(fresh.to_dict())},
-        drop=[queue_key(old)],
-        result=old + 1,
+        put=put, drop=drop, result=old + 1,
     )  # fmt: skip
     return txn, old + 1
 

@@ -161,6 +161,36 @@ class Selection(Strict):
     swaps: list[SwapRecord] = Field(..., description="recent swaps, oldest first")
 
 
+class RoundRecord(Strict):
+    round: int = Field(..., ge=0, description="the round's number")
+    started_at: float = Field(..., description="unix time it started")
+    ended_at: float | None = Field(..., description="unix time it ended (null: current)")
+    label_budget: int | None = Field(..., description="queries allowed in it")
+    step: int = Field(..., ge=0, description="items the picker saw in it")
+    queries: int = Field(..., ge=0, description="items queued for labeling in it")
+    labels: int = Field(..., ge=0, description="labels applied in it")
+    posterior: dict[str, float] = Field(..., description="the posterior at its end (or now)")
+    best_model: str = Field(..., description="the posterior's best at its end (or now)")
+    swaps: list[SwapRecord] = Field(..., description="swaps made in it (the ones still kept)")
+
+
+class RoundsResponse(Strict):
+    rounds: list[RoundRecord] = Field(..., description="the newest rounds, newest first")
+
+
+class AuditedLabel(Strict):
+    item_id: str = Field(..., description="the item labeled")
+    label: int = Field(..., ge=0, description="the class index given")
+    class_name: str = Field(..., description="the class's name")
+    by: str = Field(..., description="the name of the token that gave it")
+    at: float = Field(..., description="unix time it was applied")
+
+
+class LabelAudit(Strict):
+    round: int = Field(..., ge=0, description="the round")
+    labels: list[AuditedLabel] = Field(..., description="accepted labels, oldest first")
+
+
 class RoundRequest(Strict):
     label_budget: int | None = Field(
         None, ge=0, le=10_000_000,

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         description="an item's record is kept this long after it was queued",
     )  # fmt: skip
     swap_log_cap: int = Field(1000, ge=1, le=1_000_000, description="swap records kept")
+    rounds_kept: int = Field(
+        100, ge=1, le=100_000, description="rounds whose record and label audit are kept"
+    )
+    label_audit_cap: int = Field(
+        100_000, ge=1, le=10_000_000, description="label audit records kept per round"
+    )
     max_request_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, le=1024**3, description="request bodies larger get a 413"
     )

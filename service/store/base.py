@@ -41,6 +41,9 @@ class Doc:
     value: dict[str, JSON]
 
 
+AUDIT_PREFIX = "audit:"
+
+
 @dataclass(frozen=True)
 class Put:
     """Write (or, with value None, delete) a document; it vanishes at `expire_at` (unix s)."""
@@ -54,7 +57,8 @@ class Txn:
     """One atomic step. If `op` was applied before (and its record is still kept), nothing is
     written and the recorded result comes back ("replayed"). Otherwise, if every document in
     `expect` has the given version (0: absent), all writes are applied and `result` is
-    recorded under `op` ("applied"); else nothing is written ("conflict")."""
+    recorded under `op` ("applied"); else nothing is written ("conflict"). `drop` removes
+    whole queues and logs by name."""
 
     op: str
     expect: Mapping[str, int] = field(default_factory=dict)
@@ -116,7 +120,9 @@ class Retention:
     """How long the state keeps what it keeps; every store honours the same numbers.
 
     op_s: op records (what makes a repeated write a no-op) outlive any retry by far.
-    log_cap: swap records kept (the newest).
+    log_cap: records kept (the newest) per log, swap records for one.
+    audit_cap: records kept per label audit log (keys starting `audit:`, one per round).
+    rounds_kept: rounds whose record and label audit are kept (the newest).
     item_s: an item's record lives this long after it was queued, so that a late label is
         answered 'expired' rather than 'never queued'; keep it above the query TTL.
     """
@@ -124,10 +130,18 @@ class Retention:
     op_s: float = 3600.0
     log_cap: int = 1000
     item_s: float = 7 * 86_400.0
+    audit_cap: int = 100_000
+    rounds_kept: int = 100
 
     def __post_init__(self) -> None:
-        if self.op_s <= 0 or self.log_cap < 1 or self.item_s <= 0:
+        if self.op_s <= 0 or min(self.log_cap, self.audit_cap, self.rounds_kept) < 1:
             raise ValueError("retention must be positive")
+        if self.item_s <= 0:
+            raise ValueError("retention must be positive")
+
+    def cap(self, log: str) -> int:
+        """Records kept in a log: `audit_cap` for the label audit logs, else `log_cap`."""
+        return self.audit_cap if log.startswith(AUDIT_PREFIX) else self.log_cap
 
 
 def conflicting_key(txn: Txn, versions: Mapping[str, int]) -> str | None:

@@ -7,7 +7,10 @@ from service.store.base import Backend, Retention, StoreError
 
 
 def retention(settings: Settings) -> Retention:
-    return Retention(log_cap=settings.swap_log_cap, item_s=settings.item_retention_s)
+    return Retention(
+        log_cap=settings.swap_log_cap, item_s=settings.item_retention_s,
+        audit_cap=settings.label_audit_cap, rounds_kept=settings.rounds_kept,
+    )  # fmt: skip
 
 
 def open_backend(settings: Settings) -> Backend:

@@ -104,10 +104,11 @@ class MemoryBackend:
         for queue, removed in txn.pull.items():
             for member in removed:
                 self._queues.setdefault(queue, _Queue()).remove(member)
-        for queue in txn.drop:
-            self._queues.pop(queue, None)
+        for name in txn.drop:
+            self._queues.pop(name, None)
+            self._logs.pop(name, None)
         for key, records in txn.append.items():
-            log = self._logs.setdefault(key, deque(maxlen=self.retention.log_cap))
+            log = self._logs.setdefault(key, deque(maxlen=self.retention.cap(key)))
             log.extend(copy.deepcopy(list(records)))
 
     def take(

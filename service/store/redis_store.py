@@ -48,7 +48,7 @@ for i = 1, #t.pull do redis.call('ZREM', t.pull[i][1], t.pull[i][2]) end
 for i = 1, #t.drop do redis.call('UNLINK', t.drop[i]) end
 for i = 1, #t.append do
   redis.call('RPUSH', t.append[i][1], t.append[i][2])
-  redis.call('LTRIM', t.append[i][1], -t.log_cap, -1)
+  redis.call('LTRIM', t.append[i][1], -t.append[i][3], -1)
 end
 redis.call('SET', t.op, t.result, 'PX', t.op_ms)
 return {'applied', t.result}
@@ -168,8 +168,8 @@ class RedisBackend:
                      for m, s in ms.items()] or {},
             "pull": [[k(q), m] for q, ms in txn.pull.items() for m in ms] or {},
             "drop": [k(q) for q in txn.drop] or {},
-            "append": [[k(key), json.dumps(r)] for key, rs in txn.append.items() for r in rs] or {},
-            "log_cap": self.retention.log_cap,
+            "append": [[k(key), json.dumps(r), self.retention.cap(key)]
+                       for key, rs in txn.append.items() for r in rs] or {},
             "op_ms": int(self.retention.op_s * 1000),
             "result": json.dumps(txn.result),
         }  # fmt: skip

@@ -153,8 +153,9 @@ class SQLiteBackend:
             "DELETE FROM queue WHERE name = ? AND member = ?",
             [(queue, m) for queue, members in txn.pull.items() for m in members],
         )
-        for queue in txn.drop:
-            db.execute("DELETE FROM queue WHERE name = ?", (queue,))
+        for name in txn.drop:
+            db.execute("DELETE FROM queue WHERE name = ?", (name,))
+            db.execute("DELETE FROM logs WHERE key = ?", (name,))
         for key, records in txn.append.items():
             db.executemany(
                 "INSERT INTO logs (key, record) VALUES (?, ?)",
@@ -163,7 +164,7 @@ class SQLiteBackend:
             db.execute(
                 "DELETE FROM logs WHERE key = ? AND seq <= (SELECT seq FROM logs WHERE key = ? "
                 "ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                (key, key, self.retention.log_cap),
+                (key, key, self.retention.cap(key)),
             )
 
     def take(

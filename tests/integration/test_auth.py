@@ -46,6 +46,8 @@ def routes(demo: DemoData) -> list[tuple[str, str, str | None, Any]]:
         ("GET", "/v1/selection", "label", None),
         ("POST", "/v1/rounds", "admin", {}),
         ("PATCH", "/v1/rounds/current", "admin", {"label_budget": None}),
+        ("GET", "/v1/rounds", "admin", None),
+        ("GET", "/v1/rounds/0/labels", "admin", None),
         ("GET", "/v2/health/live", None, None),
         ("GET", "/v2/health/ready", None, None),
         ("GET", "/metrics", None, None),
