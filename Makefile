@@ -25,6 +25,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@bash deploy/ensure-redis-server.sh
+	@bash deploy/ensure-chromium.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

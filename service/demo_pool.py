@@ -18,7 +18,7 @@ import numpy as np
 
 from service.pool import CandidateSpec, LoadedPool, PoolSpec, load_pool, write_pool_file
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 SEED = 20261122
 
 
@@ -103,7 +103,9 @@ def _build(folder: Path) -> None:
         clean_accuracy[name] = float(np.mean(estimator.predict(held_x) == held_y))
         today_accuracy[name] = float(np.mean(estimator.predict(today_x) == held_y))
     best_clean = max(clean_accuracy, key=lambda n: clean_accuracy[n])
-    spec = PoolSpec(n_features=64, classes=10, initial=best_clean, candidates=specs)
+    spec = PoolSpec(
+        n_features=64, classes=10, initial=best_clean, image_shape=[8, 8], candidates=specs
+    )
     write_pool_file(folder / "pool.yaml", spec)
     np.savez_compressed(folder / "today.npz", features=today_x, labels=held_y)
     summary = {

@@ -74,6 +74,11 @@ class PoolSpec(BaseModel):
     n_features: int = Field(..., ge=1, le=1_000_000)
     classes: int | list[str] = Field(..., description="number of classes, or their names")
     initial: str | None = None
+    image_shape: list[int] | None = Field(
+        None, min_length=2, max_length=3,
+        description="how a person sees an instance: [height, width] (grey) or [height, "
+        "width, 3] (RGB), row-major; absent: a table of features",
+    )  # fmt: skip
     python_path: list[str] = Field(
         default_factory=list, max_length=64,
         description="folders searched for `python:` modules, relative to the pool file's "
@@ -92,6 +97,12 @@ class PoolSpec(BaseModel):
             raise ValueError("a pool needs at least 2 classes")
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError("class names must be unique")
+        if self.image_shape is not None:
+            size = int(np.prod(self.image_shape))
+            if size != self.n_features or min(self.image_shape) < 1:
+                raise ValueError(f"image_shape {self.image_shape} does not hold n_features")
+            if len(self.image_shape) == 3 and self.image_shape[2] != 3:
+                raise ValueError("a 3-dimensional image_shape ends with 3 (RGB)")
         return self
 
     @property

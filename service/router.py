@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import Depends, Header, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -39,9 +39,11 @@ api = make_api(lambda: int(_limits["max_request_bytes"]))
 _auth = {"authenticator": Authenticator([])}
 
 
-def needs(role: Role) -> Any:
-    """A route dependency: the caller, if its token has `role` (admin has every role).
-    401 without a known token, 403 with a token that lacks the role."""
+def needs(*roles: Role, browser: bool = False) -> Any:
+    """A route dependency: the caller, if its token has one of `roles` (admin has every
+    role). 401 without a known token (for a page a browser opens, an HTTP Basic challenge,
+    so that it asks for the token), 403 with a token that lacks them."""
+    challenge = 'Basic realm="pickserve"' if browser else 'Bearer realm="pickserve"'
 
     async def caller_with_role(
         authorization: str | None = Header(None, include_in_schema=False),
@@ -50,16 +52,20 @@ def needs(role: Role) -> Any:
         if caller is None:
             raise HTTPException(
                 401, "missing or unknown token: send 'Authorization: Bearer <token>'",
-                headers={"WWW-Authenticate": 'Bearer realm="pickserve"'},
+                headers={"WWW-Authenticate": challenge},
             )  # fmt: skip
-        if not caller.may(role):
-            raise HTTPException(403, f"the token of {caller.name!r} lacks the {role!r} role")
+        if not any(caller.may(role) for role in roles):
+            wanted = " or ".join(repr(r) for r in roles)
+            raise HTTPException(403, f"the token of {caller.name!r} lacks the {wanted} role")
         return caller
 
     return Depends(caller_with_role)
 
 
 INFER, LABEL, ADMIN = needs("infer"), needs("label"), needs("admin")
+INFER_OR_LABEL = needs("infer", "label")
+LABEL_PAGE = needs("label", browser=True)
+PAGE = (FilePath(__file__).parent / "static" / "label.html").read_text()
 
 
 def idempotency_header() -> Any:
@@ -288,6 +294,12 @@ class Router:
             items=items, classes=self.pool.class_names, queue_depth=depth
         )
 
+    @api.get("/label", response_class=HTMLResponse, include_in_schema=False)
+    async def label_page(self, caller: Caller = LABEL_PAGE) -> HTMLResponse:
+        """The labeling page: one item at a time, a button (and a key) per class, skip, and
+        the round's progress. Plain HTML and a little JavaScript."""
+        return HTMLResponse(PAGE, headers={"cache-control": "no-store"})
+
     @api.post("/v1/feedback", response_model=schemas.FeedbackResponse)
     async def feedback(
         self,
@@ -352,13 +364,13 @@ class Router:
     # ---- selection, rounds, metrics ----------------------------------------------------
 
     @api.get("/v1/pool", response_model=schemas.PoolInfo)
-    async def get_pool(self, caller: Caller = INFER) -> schemas.PoolInfo:
+    async def get_pool(self, caller: Caller = INFER_OR_LABEL) -> schemas.PoolInfo:
         """The pool being served: features per instance, class names, candidates."""
         return schemas.PoolInfo(
             n_features=self.pool.n_features, classes=self.pool.class_names,
             candidates=[schemas.PoolCandidate(name=c.name, kind=c.kind)  # type: ignore[arg-type]
                         for c in self.pool.candidates],
-            initial=self.pool.initial or self.names[0],
+            initial=self.pool.initial or self.names[0], image_shape=self.pool.image_shape,
         )  # fmt: skip
 
     @api.get("/v1/selection", response_model=schemas.Selection)

@@ -145,6 +145,9 @@ class PoolInfo(Strict):
     classes: list[str] = Field(..., description="class index -> class name")
     candidates: list[PoolCandidate] = Field(..., description="the candidates, in pool order")
     initial: str = Field(..., description="the model served before any label")
+    image_shape: list[int] | None = Field(
+        ..., description="how to show an instance as an image (null: a table of features)"
+    )
 
 
 class Selection(Strict):

@@ -32,27 +32,28 @@ TOKENS = {
 NAMES = {"infer": "web-frontend", "label": "alice", "admin": "ops"}
 
 
-def routes(demo: DemoData) -> list[tuple[str, str, str | None, Any]]:
-    """(method, path, role needed or None for open, JSON body)."""
+def routes(demo: DemoData) -> list[tuple[str, str, tuple[str, ...], Any]]:
+    """(method, path, the roles that may call it (admin may always; none: open), body)."""
     row = demo.stream_features[:1].tolist()
     tensor = {"name": "x", "shape": [1, 64], "datatype": "FP64", "data": row}
     return [
-        ("POST", "/v1/predict", "infer", {"instances": row}),
-        ("GET", "/v2/models/router", "infer", None),
-        ("POST", "/v2/models/router/infer", "infer", {"inputs": [tensor]}),
-        ("GET", "/v1/pool", "infer", None),
-        ("GET", "/v1/queries", "label", None),
-        ("POST", "/v1/feedback", "label", {"labels": [{"item_id": "never-queued", "label": 1}]}),
-        ("GET", "/v1/selection", "label", None),
-        ("POST", "/v1/rounds", "admin", {}),
-        ("PATCH", "/v1/rounds/current", "admin", {"label_budget": None}),
-        ("GET", "/v1/rounds", "admin", None),
-        ("GET", "/v1/rounds/0/labels", "admin", None),
-        ("GET", "/v2/health/live", None, None),
-        ("GET", "/v2/health/ready", None, None),
-        ("GET", "/metrics", None, None),
-        ("GET", "/docs", None, None),
-        ("GET", "/openapi.json", None, None),
+        ("POST", "/v1/predict", ("infer",), {"instances": row}),
+        ("GET", "/v2/models/router", ("infer",), None),
+        ("POST", "/v2/models/router/infer", ("infer",), {"inputs": [tensor]}),
+        ("GET", "/v1/pool", ("infer", "label"), None),
+        ("GET", "/v1/queries", ("label",), None),
+        ("POST", "/v1/feedback", ("label",), {"labels": [{"item_id": "never-queued", "label": 1}]}),
+        ("GET", "/v1/selection", ("label",), None),
+        ("GET", "/label", ("label",), None),
+        ("POST", "/v1/rounds", ("admin",), {}),
+        ("PATCH", "/v1/rounds/current", ("admin",), {"label_budget": None}),
+        ("GET", "/v1/rounds", ("admin",), None),
+        ("GET", "/v1/rounds/0/labels", ("admin",), None),
+        ("GET", "/v2/health/live", (), None),
+        ("GET", "/v2/health/ready", (), None),
+        ("GET", "/metrics", (), None),
+        ("GET", "/docs", (), None),
+        ("GET", "/openapi.json", (), None),
     ]
 
 
@@ -87,14 +88,16 @@ def test_every_route_for_every_caller(client: httpx.Client, demo: DemoData) -> N
         for caller, headers in callers.items():
             answer = client.request(method, path, json=body, headers=headers)
             where = (method, path, caller, answer.status_code, answer.text[:200])
-            if needed is None:
+            if not needed:
                 assert answer.status_code == 200, where
             elif caller in ("none", "unknown", "malformed"):
                 assert answer.status_code == 401, where
-                assert answer.headers["www-authenticate"] == 'Bearer realm="pickserve"'
-            elif caller != needed and caller != "admin":
+                scheme = "Basic" if path == "/label" else "Bearer"  # a browser asks for Basic
+                assert answer.headers["www-authenticate"] == f'{scheme} realm="pickserve"'
+            elif caller not in needed and caller != "admin":
                 assert answer.status_code == 403, where
-                assert f"the token of '{NAMES[caller]}' lacks the '{needed}' role" in answer.text
+                wanted = " or ".join(f"'{role}'" for role in needed)
+                assert f"the token of '{NAMES[caller]}' lacks the {wanted} role" in answer.text
             else:
                 assert answer.status_code in (200, 404), where  # 404: feedback, unknown item
             for token in TOKENS.values():
