@@ -142,6 +142,22 @@ class LiveState:
                 break
         return leased
 
+    def renew(
+        self, op: str, item_ids: Sequence[str], now: float, lease_s: float, ttl_s: float
+    ) -> list[str]:
+        """Extend the leases of these items while they wait for a label; returns the ids
+        renewed (the others were labeled, expired, or belong to an ended round)."""
+        keys = {i: item_key(i) for i in item_ids}
+
+        def attempt() -> tuple[Txn | None, Any]:
+            current = self.selection(recent_swaps=0)
+            found = self.backend.read(list(keys.values()))
+            items = {i: found.get(key) for i, key in keys.items()}
+            return rules.renew_leases(op, current, items, now, lease_s, ttl_s)
+
+        committed, renewed = self._transact(attempt)
+        return list(committed.result if committed.status == "replayed" else renewed)
+
     def item(self, item_id: str) -> Item | None:
         doc = self._read(item_key(item_id))
         return None if doc is None else Item.from_dict(item_id, doc.value)

@@ -294,6 +294,26 @@ class Router:
             items=items, classes=self.pool.class_names, queue_depth=depth
         )
 
+    @api.post("/v1/queries/renew", response_model=schemas.RenewResponse)
+    async def renew_leases(
+        self, request: schemas.RenewRequest, caller: Caller = LABEL
+    ) -> schemas.RenewResponse:
+        """Keep items a labeler still works on (a task open in a labeling tool): their
+        leases end lease_s from now. Items that no longer wait for a label are listed as
+        gone: withdraw them from the labeling tool."""
+        now, knobs = time.time(), self.knobs
+        try:
+            renewed = await self.runtime.run_store(
+                self.state.renew, new_op("renew"), request.item_ids, now, knobs.lease_s,
+                knobs.query_ttl_s,
+            )  # fmt: skip
+        except StoreError as error:
+            raise _unavailable(error, "the queue") from error
+        gone = [i for i in dict.fromkeys(request.item_ids) if i not in set(renewed)]
+        return schemas.RenewResponse(
+            renewed=renewed, gone=gone, lease_expires_at=now + knobs.lease_s
+        )
+
     @api.get("/label", response_class=HTMLResponse, include_in_schema=False)
     async def label_page(self, caller: Caller = LABEL_PAGE) -> HTMLResponse:
         """The labeling page: one item at a time, a button (and a key) per class, skip, and

@@ -261,6 +261,33 @@ def leasable(item: Item | None, round_number: int, now: float, ttl_s: float) -> 
     )
 
 
+def renew_leases(
+    op: str,
+    current: Selection,
+    items: Mapping[str, Doc | None],
+    now: float,
+    lease_s: float,
+    ttl_s: float,
+) -> tuple[Txn | None, list[str]]:
+    """Extend to now + lease_s the leases of items still waiting for a label in the current
+    round (a labeler still working on them); the others are returned as not renewed. The
+    compare-and-set covers the round and every renewed item, so a label or a new round
+    landing meanwhile makes the caller read again."""
+    round_number = current.picker.round
+    renewed: dict[str, float] = {}
+    expect = {META: current.meta_version}
+    for item_id, doc in items.items():
+        item = None if doc is None else Item.from_dict(item_id, doc.value)
+        if doc is not None and leasable(item, round_number, now, ttl_s):
+            renewed[item_id] = now + lease_s
+            expect[item_key(item_id)] = doc.version
+    if not renewed:
+        return None, []
+    txn = Txn(op, expect=expect, push={queue_key(round_number): renewed},
+              result=sorted(renewed))  # fmt: skip
+    return txn, sorted(renewed)
+
+
 def lease_window(now: float, ttl_s: float) -> tuple[float, float]:
     """Queue scores a lease may take: available now, queued within the TTL."""
     return now - ttl_s, now

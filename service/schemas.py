@@ -99,6 +99,20 @@ class QueriesResponse(Strict):
     queue_depth: int = Field(..., ge=0, description="items waiting, leased or not")
 
 
+class RenewRequest(Strict):
+    item_ids: list[Annotated[str, Field(pattern=ITEM_ID_PATTERN)]] = Field(
+        ..., min_length=1, max_length=500, description="items the caller still works on"
+    )
+
+
+class RenewResponse(Strict):
+    renewed: list[str] = Field(..., description="items whose lease now ends at lease_expires_at")
+    gone: list[str] = Field(
+        ..., description="items no longer waiting (labeled, expired, or of an ended round)"
+    )
+    lease_expires_at: float = Field(..., description="unix time the renewed leases end")
+
+
 class Label(Strict):
     item_id: str = Field(..., pattern=ITEM_ID_PATTERN, description="from /v1/queries")
     label: (

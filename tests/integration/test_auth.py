@@ -44,6 +44,7 @@ def routes(demo: DemoData) -> list[tuple[str, str, tuple[str, ...], Any]]:
         ("GET", "/v1/queries", ("label",), None),
         ("POST", "/v1/feedback", ("label",), {"labels": [{"item_id": "never-queued", "label": 1}]}),
         ("GET", "/v1/selection", ("label",), None),
+        ("POST", "/v1/queries/renew", ("label",), {"item_ids": ["never-queued"]}),
         ("GET", "/label", ("label",), None),
         ("POST", "/v1/rounds", ("admin",), {}),
         ("PATCH", "/v1/rounds/current", ("admin",), {"label_budget": None}),

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The Label Studio bridge's integration test starts a real Label Studio. Its dependencies
+# clash with ours, so it lives in its own virtualenv (.venv-labelstudio), made once and
+# reused; `make test` calls this.
+set -euo pipefail
+VENV="${LABEL_STUDIO_VENV:-.venv-labelstudio}"
+VERSION="1.23.2"
+if [ -x "$VENV/bin/label-studio" ] && [ -f "$VENV/.version-$VERSION" ]; then exit 0; fi
+echo "installing label-studio $VERSION into $VENV (once)" >&2
+python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet "label-studio==$VERSION"
+touch "$VENV/.version-$VERSION"
