@@ -26,6 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@bash deploy/ensure-redis-server.sh
 	@bash deploy/ensure-chromium.sh
+	@bash deploy/ensure-label-studio.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
