@@ -214,6 +214,9 @@ def test_annotations_reach_pickserve_exactly_once(
 
         wait_for("withdrawn tasks", only_annotated_left, timeout=30)
         assert len(audit(client)) == 4
+        log = (tmp_path / "bridge.log").read_text()
+        assert "withdrew task" in log and "imported" in log
+        assert LS_TOKEN not in log and str(TOKENS[0]["token"]) not in log  # never logged
     finally:
         if bridge.process is not None and bridge.process.poll() is None:
             bridge.process.send_signal(signal.SIGINT)
