@@ -75,7 +75,7 @@ def client(
 def test_the_pool_is_described(client: httpx.Client) -> None:
     pool = client.get("/v1/pool").json()
     assert pool == {
-        "n_features": 30, "classes": ["malignant", "benign"], "initial": "nb",
+        "n_features": 30, "classes": ["malignant", "benign"], "initial": "nb", "image_shape": None,
         "candidates": [{"name": "logreg", "kind": "sklearn"}, {"name": "nb", "kind": "sklearn"},
                        {"name": "rule", "kind": "python"}],
     }  # fmt: skip
