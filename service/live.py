@@ -205,11 +205,15 @@ class LiveState:
     def apply_config_budget(self, op: str, budget: int | None) -> None:
         self._transact(lambda: (rules.apply_config_budget(op, self.selection(0), budget), None))
 
-    def reconcile(self, margin: float, trigger: str | None, now: float) -> bool:
-        """Serve the posterior's best (past `margin`); True if this call swapped."""
+    def reconcile(
+        self, margin: float, trigger: str | None, now: float, min_labels: int = 0
+    ) -> bool:
+        """Serve the posterior's best (past `margin`, with `min_labels` labels since the
+        last swap); True if this call swapped."""
 
         def attempt() -> tuple[Txn | None, Any]:
-            return rules.swap(new_op("swap"), self.selection(recent_swaps=0), margin, trigger, now)
+            current = self.selection(recent_swaps=0)
+            return rules.swap(new_op("swap"), current, margin, trigger, now, min_labels)
 
         committed, record = self._transact(attempt)
         return record is not None and committed.status == "applied"

@@ -65,18 +65,29 @@ class Meta:
     version: int = 0  # the selection version: +1 on every swap
     round: int = 0
     config_budget: int | None = None  # the deployment config's label_budget last applied
+    swapped_at: tuple[int, int] | None = None  # (round, labels in it) at the last swap
 
     def to_dict(self) -> dict[str, Any]:
+        swapped = None if self.swapped_at is None else list(self.swapped_at)
         return {"schema": SCHEMA, "models": list(self.models), "served": self.served,
                 "version": self.version, "round": self.round,
-                "config_budget": self.config_budget}  # fmt: skip
+                "config_budget": self.config_budget, "swapped_at": swapped}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Meta:
         if data.get("schema") != SCHEMA:
             raise StoreError(f"stored state has schema {data.get('schema')!r}, expected {SCHEMA}")
+        swapped = data.get("swapped_at")  # absent in states written before it existed
         return cls(tuple(data["models"]), int(data["served"]), int(data["version"]),
-                   int(data["round"]), data["config_budget"])  # fmt: skip
+                   int(data["round"]), data["config_budget"],
+                   None if swapped is None else (int(swapped[0]), int(swapped[1])))  # fmt: skip
+
+    def labels_since_swap(self, round_number: int, labels: int) -> int:
+        """Labels applied since the last swap: in this round after it, or all of this
+        round's when the last swap was in an earlier one (or there was none)."""
+        if self.swapped_at is None or self.swapped_at[0] != round_number:
+            return labels
+        return labels - self.swapped_at[1]
 
 
 @dataclass(frozen=True)
@@ -391,26 +402,37 @@ def apply_config_budget(op: str, current: Selection, budget: int | None) -> Txn 
 # ---- swaps ------------------------------------------------------------------------------
 
 
-def swap_target(current: Selection, margin: float) -> int:
+def swap_target(current: Selection, margin: float, min_labels: int = 0) -> int:
     """The model to serve: the posterior's best once it leads the served one by more than
-    `margin` (`picker.served_model`), else the served model."""
-    return served_model(current.picker.weights(), current.served, margin)
+    `margin` (`picker.served_model`) and at least `min_labels` labels were applied since
+    the last swap; else the served model."""
+    picker = current.picker
+    if current.meta.labels_since_swap(picker.round, picker.labels) < min_labels:
+        return current.served
+    return served_model(picker.weights(), current.served, margin)
 
 
 def swap(
-    op: str, current: Selection, margin: float, trigger: str | None, now: float
+    op: str,
+    current: Selection,
+    margin: float,
+    trigger: str | None,
+    now: float,
+    min_labels: int = 0,
 ) -> tuple[Txn | None, dict[str, Any] | None]:
-    """Serve the posterior's best once it leads the served model by more than `margin`. The
-    compare-and-set covers both documents the decision read (the served model and the
-    round's losses), so a decision on stale losses never lands."""
-    target = swap_target(current, margin)
+    """Serve the posterior's best once it leads the served model by more than `margin`,
+    with `min_labels` labels since the last swap. The compare-and-set covers both documents
+    the decision read (the served model and the round's losses), so a decision on stale
+    losses never lands."""
+    target = swap_target(current, margin, min_labels)
     if target == current.served:
         return None, None
     names = current.meta.models
     record = {"time": now, "from_model": names[current.served], "to_model": names[target],
               "labels": current.picker.labels, "round": current.picker.round,
               "trigger_item": trigger}  # fmt: skip
-    meta = replace(current.meta, served=target, version=current.meta.version + 1)
+    meta = replace(current.meta, served=target, version=current.meta.version + 1,
+                   swapped_at=(current.picker.round, current.picker.labels))  # fmt: skip
     round_key = tally_key(current.picker.round)
     txn = Txn(op, expect={META: current.meta_version, round_key: current.tally_version},
               put={META: Put(meta.to_dict())}, append={SWAPS: [record]},

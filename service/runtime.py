@@ -87,14 +87,19 @@ class ReplicaRuntime:
             if self._pending_budget is budget:
                 self._pending_budget = _UNSET
         selection = await self.run_store(self.live.selection)
-        if swap_target(selection, self.knobs.switch_margin) != selection.served:
+        knobs = self.knobs
+        target = swap_target(selection, knobs.switch_margin, knobs.min_labels_between_swaps)
+        if target != selection.served:
             await self.reconcile(trigger=None)
             return
         self.selection = selection
 
     async def reconcile(self, trigger: str | None) -> Selection:
         """Make the served model follow the posterior's best; returns the fresh selection."""
-        await self.run_store(self.live.reconcile, self.knobs.switch_margin, trigger, time.time())
+        await self.run_store(
+            self.live.reconcile, self.knobs.switch_margin, trigger, time.time(),
+            self.knobs.min_labels_between_swaps,
+        )  # fmt: skip
         self.selection = await self.run_store(self.live.selection)
         return self.selection
 

@@ -49,6 +49,10 @@ class RuntimeKnobs(Strict):
     switch_margin: float = Field(
         0.0, ge=0, lt=1, description="posterior lead the best needs over the served model"
     )
+    min_labels_between_swaps: int = Field(
+        0, ge=0, le=1_000_000,
+        description="labels needed since the last swap (in this round) before another",
+    )  # fmt: skip
     lease_s: float = Field(60.0, gt=0, le=86_400, description="how long a labeler holds items")
     query_ttl_s: float = Field(
         86_400.0, gt=0, le=30 * 86_400, description="a queued item expires after this"

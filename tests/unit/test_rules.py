@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -192,3 +194,24 @@ def test_initialise_creates_everything_in_one_transaction_only_if_absent() -> No
     assert txn.expect == {"meta": 0, "tally:0": 0} and set(txn.put) == {"meta", "tally:0"}
     meta = Meta.from_dict(txn.put["meta"].value)  # type: ignore[arg-type]
     assert (meta.served, meta.config_budget, meta.round) == (1, 7, 0)
+
+
+def test_a_swap_waits_for_min_labels_since_the_last_one() -> None:
+    """min_labels_between_swaps: the lead alone does not swap until enough labels arrived
+    since the previous swap of this round; a new round counts its own labels."""
+
+    def at(labels: int, meta: Meta) -> Selection:
+        return Selection(meta, Tally(PickerState((5.0, 0.0), step=400, labels=labels)))
+
+    fresh = Meta(("a", "b"), 0)
+    assert rules.swap_target(at(2, fresh), 0.0, min_labels=3) == 0  # too few labels
+    txn, record = rules.swap("op", at(3, fresh), 0.0, None, NOW, min_labels=3)
+    assert txn is not None and record is not None and record["to_model"] == "b"
+    after = Meta.from_dict(txn.put["meta"].value)  # type: ignore[arg-type]
+    assert after.swapped_at == (0, 3) and after.served == 1
+    back = replace(after, served=0)  # suppose the posterior now favours b again, served a
+    assert rules.swap_target(at(5, back), 0.0, min_labels=3) == 0  # 2 labels since the swap
+    assert rules.swap_target(at(6, back), 0.0, min_labels=3) == 1  # 3 since
+    later_round = Selection(back, Tally(PickerState((5.0, 0.0), step=9, labels=3, round=1)))
+    assert rules.swap_target(later_round, 0.0, min_labels=3) == 1  # counts this round's
+    assert Meta.from_dict(after.to_dict()) == after
