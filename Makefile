@@ -27,6 +27,7 @@ test: $(STAMP)
 	@bash deploy/ensure-redis-server.sh
 	@bash deploy/ensure-chromium.sh
 	@bash deploy/ensure-label-studio.sh
+	@bash deploy/ensure-promtool.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -76,13 +76,31 @@ class LocalCounters:
                 self._deltas[key] += value
 
 
-def _counter_families(stored: Mapping[str, float]) -> Iterable[Metric]:
+# Label values every scrape shows, at 0 before their first event, so that rate() and
+# dashboards have a series from the start (absent series read as "no data").
+KNOWN_LABELS: dict[str, tuple[str, ...]] = {
+    "shadow_items": ("done", "shed"),
+    "labels": ("accepted", "duplicate", "unknown", "invalid"),
+    "errors": ("model", "store", "shadow", "nonfinite"),
+}
+
+
+def _counter_families(stored: Mapping[str, float], models: list[str]) -> Iterable[Metric]:
     for name, (help_text, label_names) in COUNTERS.items():
         family = CounterMetricFamily(PREFIX + name, help_text, labels=label_names)
+        values: dict[tuple[str, ...], float] = {}
+        if not label_names:
+            values[()] = 0.0
+        elif label_names == ("model",):
+            values.update({(model,): 0.0 for model in models})
+        else:
+            values.update({(v,): 0.0 for v in KNOWN_LABELS.get(name, ())})
         for key, value in stored.items():
             parts = key.split("|")
             if parts[0] == name and len(parts) == len(label_names) + 1:
-                family.add_metric(parts[1:], value)
+                values[tuple(parts[1:])] = value
+        for label_values, value in values.items():
+            family.add_metric(list(label_values), value)
         yield family
 
 
@@ -144,7 +162,7 @@ class _StoredCollector(Collector):
         self._store_up = store_up
 
     def collect(self) -> Iterable[Metric]:
-        yield from _counter_families(self._stored)
+        yield from _counter_families(self._stored, self._selection.model_names)
         yield _latency_family(self._stored)
         yield from _state_families(self._selection, self._depth, self._store_up)
 

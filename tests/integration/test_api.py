@@ -258,3 +258,21 @@ def test_metrics_read_the_same_from_every_scrape(deploy: Deploy, demo: DemoData)
     ):  # fmt: skip
         assert name in text, name
     assert text == client.get("/metrics").text
+
+
+def test_every_metric_the_dashboard_names_is_exported(client: httpx.Client, demo: DemoData) -> None:
+    """k8s/grafana-dashboard.json charts only what /metrics really exports."""
+    import json
+    import re
+    from pathlib import Path
+
+    fill_queue(client, demo, 16)  # traffic, shadow work and queries: every family has data
+    exported = {line.split("{")[0].split(" ")[0] for line in client.get("/metrics").text.splitlines()
+                if line and not line.startswith("#")}  # fmt: skip
+    dashboard = json.loads(
+        (Path(__file__).parents[2] / "k8s" / "grafana-dashboard.json").read_text()
+    )
+    named = {name for panel in dashboard["panels"] for target in panel.get("targets", [])
+             for name in re.findall(r"\bpickserve_\w+", target["expr"])}  # fmt: skip
+    assert len(named) >= 9
+    assert named <= exported, sorted(named - exported)

@@ -98,3 +98,17 @@ def test_counters_moved_by_the_state_use_the_metrics_key_format() -> None:
     assert counter_key("labels", "accepted") == rules.ACCEPTED_COUNTER
     assert counter_key("queries") == rules.QUERIES_COUNTER
     assert counter_key("swaps") == rules.SWAPS_COUNTER
+
+
+def test_every_counter_has_a_series_before_its_first_event() -> None:
+    """Dashboards and rate() need a series from the start: counters render at 0."""
+    selection = Selection(Meta(("a", "b"), 0), Tally(PickerState((0.0, 0.0))))
+    text = render({}, selection, 0).decode()
+    for line in ('pickserve_requests_total{model="a"} 0.0', 'pickserve_requests_total{model="b"} 0.0',
+                 "pickserve_swaps_total 0.0", "pickserve_queries_total 0.0",
+                 'pickserve_labels_total{outcome="invalid"} 0.0',
+                 'pickserve_errors_total{kind="nonfinite"} 0.0',
+                 'pickserve_shadow_items_total{outcome="shed"} 0.0'):  # fmt: skip
+        assert line in text.splitlines(), line
+    counted = render({"labels|accepted": 3.0}, selection, 0).decode().splitlines()
+    assert 'pickserve_labels_total{outcome="accepted"} 3.0' in counted
