@@ -86,3 +86,26 @@ def test_the_dashboards_promql_parses(tmp_path: Path) -> None:
     result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(dashboard_expressions())} rules found" in result.stdout
+
+
+def test_the_image_is_rays_own_for_this_ray_and_python_and_the_manifests_name_it() -> None:
+    """deploy/Dockerfile cannot be built here (no Docker engine): check what it says."""
+    import sys
+    import tomllib
+
+    import ray
+
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    assert f"FROM rayproject/ray:{ray.__version__}-{python}\n" in dockerfile
+    for folder in ("picker", "service"):
+        assert f"COPY --chown=ray:users {folder} ./{folder}" in dockerfile
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    manifest = yaml.safe_load((ROOT / "k8s" / "rayservice.yaml").read_text())
+    cluster = manifest["spec"]["rayClusterConfig"]
+    images = [cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]] + [
+        group["template"]["spec"]["containers"][0]["image"] for group in cluster["workerGroupSpecs"]
+    ]
+    assert images and set(images) == {f"registry.example.com/pickserve:{version}"}
+    assert f"-t registry.example.com/pickserve:{version} ." in dockerfile
+    assert f'rayVersion: "{ray.__version__}"' in (ROOT / "k8s" / "rayservice.yaml").read_text()
