@@ -106,3 +106,28 @@ def test_serve_run_of_a_config_file_reports_the_line_in_the_app_status(tmp_path:
     assert found is not None, "the controller never reported the pool error"
     for fragment in fragments:
         assert fragment in found
+
+
+@pytest.mark.parametrize("kind", sorted(bad_pools.KINDS))
+def test_inside_the_cluster_the_builder_fails_with_the_line(
+    serve_port: int, tmp_path: Path, kind: str
+) -> None:
+    """What Ray Serve's controller does for `serve deploy` and config files: it calls the
+    builder in a Ray task. The task's error is a StartupError whose message is the line."""
+    import ray
+
+    path, fragments = bad_pools.make(kind, tmp_path / "pool")
+
+    @ray.remote(num_cpus=0)
+    def build_in_a_task(args: dict[str, str]) -> None:
+        from service.app import build_app
+
+        build_app(args)
+
+    with pytest.raises(ray.exceptions.RayTaskError) as raised:
+        ray.get(build_in_a_task.remote({"pool": str(path), "store": "memory",
+                                        "state_dir": str(tmp_path / "state")}))  # fmt: skip
+    last = str(raised.value).strip().splitlines()[-1]
+    assert last.startswith("service.app.StartupError: "), last
+    for fragment in fragments:
+        assert fragment in last, (fragment, last)
