@@ -260,12 +260,14 @@ def test_metrics_read_the_same_from_every_scrape(deploy: Deploy, demo: DemoData)
     assert text == client.get("/metrics").text
 
 
-def test_every_metric_the_dashboard_names_is_exported(client: httpx.Client, demo: DemoData) -> None:
-    """k8s/grafana-dashboard.json charts only what /metrics really exports."""
+def test_every_metric_the_dashboard_names_is_exported(deploy: Deploy, demo: DemoData) -> None:
+    """k8s/grafana-dashboard.json charts only what /metrics really exports (on a service of
+    its own: the module's shared one is gone once a test deploys another)."""
     import json
     import re
     from pathlib import Path
 
+    client = deploy(shadow_rate=1.0, gamma=50.0)
     fill_queue(client, demo, 16)  # traffic, shadow work and queries: every family has data
     exported = {line.split("{")[0].split(" ")[0] for line in client.get("/metrics").text.splitlines()
                 if line and not line.startswith("#")}  # fmt: skip
