@@ -35,7 +35,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -434,12 +433,6 @@ class Bridge:
             self.server.shutdown()
 
 
-@contextmanager
-def _quiet_httpx() -> Iterator[None]:
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # URLs only, but keep logs short
-    yield
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m service.labelstudio", description=__doc__,
@@ -466,16 +459,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    with _quiet_httpx():
-        try:
-            bridge = Bridge(settings)
-        except httpx.HTTPError as error:
-            print(f"error: cannot reach pickserve or Label Studio: {error}", file=sys.stderr)
-            return 2
-        try:
-            bridge.run()
-        except KeyboardInterrupt:
-            bridge.stop.set()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+    try:
+        bridge = Bridge(settings)
+    except httpx.HTTPError as error:
+        print(f"error: cannot reach pickserve or Label Studio: {error}", file=sys.stderr)
+        return 2
+    try:
+        bridge.run()
+    except KeyboardInterrupt:
+        bridge.stop.set()
     return 0
 
 
