@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.demo_pool import DemoData, ensure_demo
+from service.demo_pool import STREAMS, DemoData, ensure_demo
 from service.pool import read_pool_spec
 
 
@@ -44,25 +44,26 @@ def drive(
     seed: int = 0,
     on_step: Callable[[DemoProgress], None] | None = None,
     confidence: float = 0.9,
+    stream: str = "today",
 ) -> DemoProgress:
-    """Send the stream (reshuffled each pass), label every queued item from ground truth,
-    stop once `target` is served with posterior >= confidence (or after max_items)."""
+    """Send the named demo stream (reshuffled each pass), label every queued item from
+    ground truth, stop once `target` is served with posterior >= confidence (or after
+    max_items)."""
     rng = np.random.default_rng(seed)
     progress = DemoProgress()
     truth: dict[str, int] = {}
+    features, labels = demo.stream(stream)
     while progress.items_served < max_items:
-        order = rng.permutation(len(demo.stream_labels))
+        order = rng.permutation(len(labels))
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            answer = client.post(
-                "/v1/predict", json={"instances": demo.stream_features[rows].tolist()}
-            )
+            answer = client.post("/v1/predict", json={"instances": features[rows].tolist()})
             answer.raise_for_status()
             body = answer.json()
             progress.saw(body["model"])
             progress.items_served += len(rows)
             for prediction, row in zip(body["predictions"], rows, strict=True):
-                truth[prediction["item_id"]] = int(demo.stream_labels[row])
+                truth[prediction["item_id"]] = int(labels[row])
             _label_queue(client, truth, progress)
             if on_step is not None:
                 on_step(progress)
@@ -149,35 +150,48 @@ def main() -> int:
         "--state-dir", type=Path, default=Path(os.environ.get("PICKSERVE_STATE_DIR", "var"))
     )
     parser.add_argument("--max-items", type=int, default=20_000)
+    parser.add_argument("--stream", choices=STREAMS, default="today",
+                        help="the stream to send: today (noise, occlusion), moved (the camera "
+                        "moved a pixel), blurred")  # fmt: skip
+    parser.add_argument("--then", choices=STREAMS,
+                        help="once the best on --stream is served, switch to this stream (a "
+                        "drift: pickserve should notice and start a new round)")  # fmt: skip
     args = parser.parse_args()
     from rich.console import Console
     from rich.live import Live
 
     demo = ensure_demo((args.state_dir / "demo-pool").resolve())
-    target = demo.summary["best_today"]
     console = Console()
-    first = demo.summary["best_on_training_distribution"]
-    started = time.monotonic()
+    phases = [args.stream] + ([args.then] if args.then else [])
     try:
         with httpx.Client(base_url=args.url, timeout=30) as client:
             mismatch = pool_mismatch(client, demo)
             if mismatch is not None:
                 print(f"error: the service at {args.url}: {mismatch}", file=sys.stderr)
                 return 2
-            console.print(f"best on the training distribution: {first}; on today's stream: "
-                          f"{target}")  # fmt: skip
-            with Live(console=console) as live:
-                progress = drive(client, demo, target, args.max_items,
-                                 on_step=lambda p: live.update(_view(p, target)))  # fmt: skip
+            for stream in phases:
+                started, target = time.monotonic(), demo.best_on(stream)
+                console.print(f"stream {stream!r}: its best candidate is {target}")
+                with Live(console=console) as live:
+
+                    def show(progress: DemoProgress, target: str = target) -> None:
+                        live.update(_view(progress, target))
+
+                    progress = drive(client, demo, target, args.max_items, stream=stream,
+                                     on_step=show)  # fmt: skip
+                served = progress.selection.get("served_model")
+                console.print(f"served model: {served} after {progress.items_served} items, "
+                              f"{progress.labels_posted} labels, "
+                              f"{time.monotonic() - started:.0f} s; clients saw "
+                              f"{' → '.join(progress.served_models_seen)}; round "
+                              f"{progress.selection.get('round')}")  # fmt: skip
+                if served != target:
+                    return 1
     except httpx.HTTPError as error:
         print(f"error: cannot talk to pickserve at {args.url}: {error} (is `make run` up?)",
               file=sys.stderr)  # fmt: skip
         return 1
-    served = progress.selection.get("served_model")
-    console.print(f"served model: {served} after {progress.items_served} items, "
-                  f"{progress.labels_posted} labels, {time.monotonic() - started:.0f} s; "
-                  f"clients saw {' → '.join(progress.served_models_seen)}")  # fmt: skip
-    return 0 if served == target else 1
+    return 0
 
 
 if __name__ == "__main__":
