@@ -51,14 +51,43 @@ def check_store(settings: Settings) -> None:
     open_backend(settings).close()
 
 
+def candidates_scaling(settings: Settings) -> dict[str, Any]:
+    """The Candidates deployment's replicas: fixed, or autoscaled on ongoing requests."""
+    if settings.shadow_max_replicas is None:
+        return {"num_replicas": settings.shadow_replicas}
+    return {"autoscaling_config": {
+        "min_replicas": settings.shadow_replicas, "initial_replicas": settings.shadow_replicas,
+        "max_replicas": settings.shadow_max_replicas, "target_ongoing_requests": 2,
+    }}  # fmt: skip
+
+
+def check_cluster(settings: Settings) -> None:
+    """The embedded store is a file on one machine: on a Ray cluster of several nodes,
+    replicas on other nodes would each write a store of their own."""
+    if settings.store != "embedded" or not ray.is_initialized():
+        return
+    listed: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    nodes = [n for n in listed if n.get("Alive")]
+    if len(nodes) > 1:
+        raise StoreError(
+            f"the embedded store is a file on one machine, but this Ray cluster has "
+            f"{len(nodes)} nodes where replicas may run: use store=redis "
+            "(PICKSERVE_STORE=redis, REDIS_URL) so that every replica shares one state"
+        )
+
+
 def build(settings: Settings, checked_pool: Path | None = None) -> Application:
     """The application; `checked_pool` is a pool file `resolve_pool_file` already checked."""
     settings = settings.model_copy(update={"state_dir": settings.state_dir.resolve()})
+    check_cluster(settings)
     check_store(settings)
     pool_file = str(checked_pool or resolve_pool_file(settings))
-    candidates = Candidates.bind(pool_file)  # type: ignore[attr-defined]
+    candidates = Candidates.options(  # type: ignore[attr-defined]
+        **candidates_scaling(settings)
+    ).bind(pool_file, settings.model_timeout_s)
     router = Router.options(  # type: ignore[attr-defined]
         num_replicas=settings.router_replicas,
+        max_replicas_per_node=settings.router_replicas_per_node,
         user_config=settings.knobs.model_dump(),
     )
     # The knobs travel only as user_config: changing them must not change the init args,

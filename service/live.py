@@ -10,13 +10,14 @@ in as `now`; nothing here reads a clock or holds policy of its own.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from service import rules
+from service import pool_rules, rules
+from service.drift import DriftConfig
 from service.rules import (
     COUNTERS,
     META,
@@ -24,6 +25,7 @@ from service.rules import (
     Batch,
     Item,
     LabelOutcome,
+    Observed,
     RoundRecord,
     Selection,
     Tally,
@@ -39,6 +41,7 @@ RECENT_SWAPS = 200
 # Bounded work per maintenance call: expired queue entries and expired records.
 MAINTENANCE_BATCH = 500
 _MAX_ATTEMPTS = 64
+PENDING_LIMIT = 1_000_000  # queued items updated at most when the pool changes
 
 
 def new_op(kind: str) -> str:
@@ -97,23 +100,31 @@ class LiveState:
     # ---- observing live items ------------------------------------------------------------
 
     def observe(
-        self, op: str, batch: Batch, gamma: float, rng: np.random.Generator, now: float
-    ) -> int:
-        """Count the batch into t and queue the items the picker chooses; returns how many
-        were queued. Repeating `op` is a no-op that returns the first answer."""
+        self,
+        op: str,
+        batch: Batch,
+        gamma: float,
+        rng: np.random.Generator,
+        now: float,
+        drift_config: DriftConfig | None = None,
+    ) -> Observed:
+        """Count the batch into t and queue the items the picker chooses (and into the drift
+        monitor); returns what it observed. Repeating `op` is a no-op that returns the
+        first answer."""
         keys = [item_key(i) for i in batch.item_ids]
 
         def attempt() -> tuple[Txn | None, Any]:
             current = self.selection(recent_swaps=0)
             found = self.backend.read(keys)
             existing = {i for i, key in zip(batch.item_ids, keys, strict=True) if key in found}
-            txn, queued = rules.observe_batch(
-                op, current, existing, batch, gamma, rng, now, self.retention
+            return rules.observe_batch(
+                op, current, existing, batch, gamma, rng, now, self.retention, drift_config
             )
-            return txn, queued
 
-        committed, queued = self._transact(attempt)
-        return int(committed.result if committed.status == "replayed" else queued)
+        committed, observed = self._transact(attempt)
+        if committed.status == "replayed":
+            return Observed.from_dict(committed.result)
+        return observed  # type: ignore[no-any-return]
 
     # ---- labeling ------------------------------------------------------------------------
 
@@ -189,15 +200,40 @@ class LiveState:
         round_number = self.selection(recent_swaps=0).picker.round
         return self.backend.count(queue_key(round_number), rules.lease_window(now, ttl_s)[0])
 
+    def waiting(self, now: float, ttl_s: float) -> int:
+        """Items of the current round a labeler could lease now: queued within the TTL, not
+        labeled, and not held by a lease (what shadow pacing looks at)."""
+        round_number = self.selection(recent_swaps=0).picker.round
+        lowest, highest = rules.lease_window(now, ttl_s)
+        return self.backend.count(queue_key(round_number), lowest, highest)
+
     # ---- rounds, budget, swaps -------------------------------------------------------------
 
-    def start_round(self, op: str, budget: int | None, now: float) -> int:
+    def start_round(
+        self,
+        op: str,
+        budget: int | None,
+        now: float,
+        started_by: Mapping[str, Any] | None = None,
+        if_round: int | None = None,
+    ) -> int:
+        """A new round (see `rules.new_round`); returns the current round after it."""
+
         def attempt() -> tuple[Txn | None, Any]:
             current = self.selection(recent_swaps=0)
-            return rules.new_round(op, current, budget, now, self.retention.rounds_kept)
+            return rules.new_round(op, current, budget, now, self.retention.rounds_kept,
+                                   started_by, if_round)  # fmt: skip
 
         committed, new_round = self._transact(attempt)
         return int(committed.result if committed.status == "replayed" else new_round)
+
+    def start_round_on_drift(self, evidence: Mapping[str, Any], now: float) -> int:
+        """A new round with the deployment's budget, recording the drift evidence; one per
+        drifted round however many replicas saw it (the op and `if_round` say which)."""
+        round_number = int(evidence["round"])
+        budget = self.selection(recent_swaps=0).meta.config_budget
+        return self.start_round(f"drift:{round_number}", budget, now,
+                                {"reason": "drift", **evidence}, round_number)  # fmt: skip
 
     def set_budget(self, op: str, budget: int | None) -> None:
         self._transact(lambda: (rules.set_budget(op, self.selection(0), budget), None))
@@ -206,17 +242,94 @@ class LiveState:
         self._transact(lambda: (rules.apply_config_budget(op, self.selection(0), budget), None))
 
     def reconcile(
-        self, margin: float, trigger: str | None, now: float, min_labels: int = 0
+        self,
+        margin: float,
+        trigger: str | None,
+        now: float,
+        min_labels: int = 0,
+        mode: str = "instant",
     ) -> bool:
         """Serve the posterior's best (past `margin`, with `min_labels` labels since the
-        last swap); True if this call swapped."""
+        last swap), or start a canary for it; True if this call changed something."""
 
         def attempt() -> tuple[Txn | None, Any]:
             current = self.selection(recent_swaps=0)
-            return rules.swap(new_op("swap"), current, margin, trigger, now, min_labels)
+            return rules.swap(new_op("swap"), current, margin, trigger, now, min_labels, mode)
 
         committed, record = self._transact(attempt)
         return record is not None and committed.status == "applied"
+
+    def canary_move(
+        self, verdict: str, key: tuple[int, int, float], steps: int, now: float, why: str
+    ) -> None:
+        """Advance (or promote) or roll back the canary `key` names (`service.canary`)."""
+        from service import canary
+
+        def attempt() -> tuple[Txn | None, Any]:
+            current = self.selection(recent_swaps=0)
+            if verdict == "rollback":
+                return canary.rollback(new_op("canary"), current, key, now, why)
+            return canary.advance(new_op("canary"), current, key, steps, now, why)
+
+        self._transact(attempt)
+
+    # ---- candidates at run time ------------------------------------------------------------
+
+    def pending_items(self, round_number: int) -> dict[str, Doc]:
+        """The round's queued items still waiting for a label (their documents)."""
+        ids = self.backend.members(queue_key(round_number), PENDING_LIMIT)
+        docs = self.backend.read([item_key(i) for i in ids])
+        found = {i: docs.get(item_key(i)) for i in ids}
+        return {i: d for i, d in found.items() if d is not None and d.value["status"] == "pending"}
+
+    def add_candidate(
+        self, op: str, name: str, classes_of: Callable[[np.ndarray], np.ndarray], now: float
+    ) -> dict[str, Any]:
+        """`name` joins the current round (`pool_rules.add_candidate`); `classes_of(X)` is
+        the new candidate's predicted class per row. Returns its loss and label count."""
+
+        def attempt() -> tuple[Txn | None, Any]:
+            current = self.selection(recent_swaps=0)
+            if name in current.meta.models:
+                raise StoreError(f"candidate {name!r} is already in the pool")
+            labeled = self.backend.log(audit_key(current.picker.round), self.retention.audit_cap)
+            if len(labeled) != current.picker.labels or any("q" not in e for e in labeled):
+                raise StoreError(
+                    f"the round's label audit holds {len(labeled)} of its "
+                    f"{current.picker.labels} labels with their q (PICKSERVE_LABEL_AUDIT_CAP, "
+                    "or labels stored before it kept q): start a new round to add a candidate"
+                )
+            pending = self.pending_items(current.picker.round)
+            rows = [e["instance"] for e in labeled] + [
+                d.value["instance"] for d in pending.values()
+            ]
+            classes = (
+                [int(c) for c in classes_of(np.asarray(rows, dtype=np.float64))] if rows else []
+            )
+            waiting = dict(zip(pending, zip(pending.values(), classes[len(labeled):], strict=True),
+                               strict=True))  # fmt: skip
+            txn = pool_rules.add_candidate(op, current, name, labeled, classes[: len(labeled)],
+                                           waiting, now)  # fmt: skip
+            return txn, txn.result
+
+        committed, answer = self._transact(attempt)
+        return dict(committed.result if committed.status == "replayed" else answer)
+
+    def remove_candidate(self, op: str, name: str, now: float) -> str:
+        """Drop `name` from the pool (`pool_rules.remove_candidate`); returns the model
+        served after it."""
+
+        def attempt() -> tuple[Txn | None, Any]:
+            current = self.selection(recent_swaps=0)
+            if name not in current.meta.models:
+                raise StoreError(f"candidate {name!r} is not in the pool")
+            pending = self.pending_items(current.picker.round)
+            index = current.meta.models.index(name)
+            txn = pool_rules.remove_candidate(op, current, index, pending, now)
+            return txn, txn.result
+
+        committed, served = self._transact(attempt)
+        return str(committed.result if committed.status == "replayed" else served)
 
     # ---- history -----------------------------------------------------------------------
 

@@ -34,9 +34,13 @@ COUNTERS = {
     "queries": ("Items the picker queued for labeling", ()),
     "labels": ("Labels posted, by outcome (accepted, duplicate, unknown, invalid)", ("outcome",)),
     "swaps": ("Hot swaps of the served model", ()),
+    "canary_rollbacks": ("Canary swaps rolled back (errors or latency past their bounds)", ()),
+    "drift_events": ("Drifts detected in the live stream (each may start a new round)", ()),
+    "failovers": ("Served requests a model failed, answered by another candidate", ("model",)),
     "errors": (
-        "Errors, by kind: model (a served or called model failed), store, shadow (a shadow "
-        "batch failed), nonfinite (a model's non-finite output in shadow work, per item)",
+        "Errors, by kind: model (a served or called model failed), timeout (a model call "
+        "or a shadow batch ran past model_timeout_s), store, shadow (a shadow batch failed), "
+        "nonfinite (a model's non-finite output in shadow work, per item)",
         ("kind",),
     ),
 }
@@ -81,7 +85,7 @@ class LocalCounters:
 KNOWN_LABELS: dict[str, tuple[str, ...]] = {
     "shadow_items": ("done", "shed"),
     "labels": ("accepted", "duplicate", "unknown", "invalid"),
-    "errors": ("model", "store", "shadow", "nonfinite"),
+    "errors": ("model", "timeout", "store", "shadow", "nonfinite"),
 }
 
 
@@ -152,25 +156,62 @@ def _state_families(selection: Selection, queue_depth: int, store_up: bool) -> I
         ("store_up", "1 when the state store answered this scrape", int(store_up)),
     ):
         yield GaugeMetricFamily(PREFIX + name, help_text, value=float(value))
+    yield from _drift_families(selection)
+
+
+def _drift_families(selection: Selection) -> Iterable[Metric]:
+    """The last drift test of the round: chi-square statistics and p-values, by test."""
+    monitor = selection.tally.monitor
+    last = None if monitor is None else monitor.last
+    statistic = GaugeMetricFamily(
+        PREFIX + "drift_statistic", "Chi-square statistic of the round's last drift test "
+        "(current window against the reference), by test", labels=("test",),
+    )  # fmt: skip
+    p_value = GaugeMetricFamily(
+        PREFIX + "drift_p_value", "p-value of the round's last drift test, by test",
+        labels=("test",),
+    )  # fmt: skip
+    if last is not None:
+        for test, prefix in (("classes", ""), ("disagreement", "disagreement_")):
+            statistic.add_metric([test], float(last[prefix + "statistic"]))
+            p_value.add_metric([test], float(last[prefix + "p_value"]))
+    yield statistic
+    yield p_value
+
+
+def gauge(name: str, help_text: str, value: float) -> Metric:
+    """A replica-level gauge for `render(extra=...)`."""
+    return GaugeMetricFamily(PREFIX + name, help_text, value=float(value))
 
 
 class _StoredCollector(Collector):
     def __init__(
-        self, stored: Mapping[str, float], selection: Selection, depth: int, store_up: bool
+        self,
+        stored: Mapping[str, float],
+        selection: Selection,
+        depth: int,
+        store_up: bool,
+        extra: Iterable[Metric],
     ) -> None:
         self._stored, self._selection, self._depth = stored, selection, depth
-        self._store_up = store_up
+        self._store_up, self._extra = store_up, list(extra)
 
     def collect(self) -> Iterable[Metric]:
         yield from _counter_families(self._stored, self._selection.model_names)
         yield _latency_family(self._stored)
         yield from _state_families(self._selection, self._depth, self._store_up)
+        yield from self._extra
 
 
 def render(
-    stored: Mapping[str, float], selection: Selection, queue_depth: int, store_up: bool = True
+    stored: Mapping[str, float],
+    selection: Selection,
+    queue_depth: int,
+    store_up: bool = True,
+    extra: Iterable[Metric] = (),
 ) -> bytes:
-    """The Prometheus text exposition of stored counters and the picker's state."""
+    """The Prometheus text exposition of stored counters and the picker's state, and of
+    `extra` gauges the answering replica knows (its paced shadow rate, say)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_StoredCollector(stored, selection, queue_depth, store_up))
+    registry.register(_StoredCollector(stored, selection, queue_depth, store_up, extra))
     return generate_latest(registry)

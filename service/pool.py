@@ -213,7 +213,7 @@ def _import_factory(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> Any
         raise _CandidateError(f"module {module_name!r} has no function {factory_name!r}")
     try:
         return factory()
-    except Exception as error:
+    except (Exception, SystemExit) as error:  # a factory that exits must not end the replica
         raise _CandidateError(f"{factory_name}() raised {one_line(error)}") from error
 
 

@@ -31,6 +31,8 @@ from picker import (
     record_queries,
     served_model,
 )
+from service import drift
+from service.drift import DriftConfig, Monitor
 from service.store.base import AUDIT_PREFIX, Doc, Put, Retention, StoreError, Txn
 
 SCHEMA = 1
@@ -38,6 +40,7 @@ META, COUNTERS, SWAPS = "meta", "counters", "swaps"
 # Metric counters that move in the same transaction as the event they count, so that each
 # event is counted exactly once whatever happens to the answer (`metrics.counter_key` form).
 QUERIES_COUNTER, ACCEPTED_COUNTER, SWAPS_COUNTER = "queries", "labels|accepted", "swaps"
+DRIFT_COUNTER = "drift_events"
 LabelOutcome = Literal["accepted", "duplicate", "unknown"]
 
 
@@ -66,21 +69,35 @@ class Meta:
     round: int = 0
     config_budget: int | None = None  # the deployment config's label_budget last applied
     swapped_at: tuple[int, int] | None = None  # (round, labels in it) at the last swap
+    canary: Mapping[str, Any] | None = None  # a canary swap under way (service.canary)
+    barred: tuple[int, tuple[int, ...]] | None = None  # (round, models rolled back in it)
 
     def to_dict(self) -> dict[str, Any]:
         swapped = None if self.swapped_at is None else list(self.swapped_at)
+        barred = None if self.barred is None else [self.barred[0], list(self.barred[1])]
         return {"schema": SCHEMA, "models": list(self.models), "served": self.served,
                 "version": self.version, "round": self.round,
-                "config_budget": self.config_budget, "swapped_at": swapped}  # fmt: skip
+                "config_budget": self.config_budget, "swapped_at": swapped,
+                "canary": None if self.canary is None else dict(self.canary),
+                "barred": barred}  # fmt: skip
+
+    def is_barred(self, model: int, round_number: int) -> bool:
+        """Rolled back as a canary in this round: not tried again until the next one."""
+        return (
+            self.barred is not None and self.barred[0] == round_number and (model in self.barred[1])
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Meta:
         if data.get("schema") != SCHEMA:
             raise StoreError(f"stored state has schema {data.get('schema')!r}, expected {SCHEMA}")
         swapped = data.get("swapped_at")  # absent in states written before it existed
+        barred = data.get("barred")
         return cls(tuple(data["models"]), int(data["served"]), int(data["version"]),
                    int(data["round"]), data["config_budget"],
-                   None if swapped is None else (int(swapped[0]), int(swapped[1])))  # fmt: skip
+                   None if swapped is None else (int(swapped[0]), int(swapped[1])),
+                   data.get("canary"),
+                   None if barred is None else (int(barred[0]), tuple(barred[1])))  # fmt: skip
 
     def labels_since_swap(self, round_number: int, labels: int) -> int:
         """Labels applied since the last swap: in this round after it, or all of this
@@ -92,22 +109,31 @@ class Meta:
 
 @dataclass(frozen=True)
 class Tally:
-    """One round's picker state; `closed` once a newer round started."""
+    """One round's picker state; `closed` once a newer round started. `monitor` watches
+    the round's stream for drift (`service.drift`); `started_by` says why the round
+    started (null: an operator or start-up; else the drift evidence)."""
 
     picker: PickerState
     closed: bool = False
     started_at: float = 0.0
     ended_at: float | None = None
+    monitor: Monitor | None = None
+    started_by: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        monitor = None if self.monitor is None else self.monitor.to_dict()
+        started_by = None if self.started_by is None else dict(self.started_by)
         return {"picker": self.picker.to_dict(), "closed": self.closed,
-                "started_at": self.started_at, "ended_at": self.ended_at}  # fmt: skip
+                "started_at": self.started_at, "ended_at": self.ended_at,
+                "monitor": monitor, "started_by": started_by}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Tally:
-        ended = data.get("ended_at")
+        ended, monitor = data.get("ended_at"), data.get("monitor")
         return cls(PickerState.from_dict(data["picker"]), bool(data["closed"]),
-                   float(data["started_at"]), None if ended is None else float(ended))  # fmt: skip
+                   float(data["started_at"]), None if ended is None else float(ended),
+                   None if monitor is None else Monitor.from_dict(monitor),
+                   data.get("started_by"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -214,12 +240,31 @@ def selection(meta: Doc, tally: Doc, swaps: list[dict[str, Any]]) -> Selection:
 
 
 @dataclass(frozen=True)
+class Observed:
+    """What observing a batch did: items queued, and the drift evidence if it found any."""
+
+    queued: int
+    drift: Mapping[str, Any] | None = None
+    stale: bool = False  # computed for another pool (a candidate was added or removed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"queued": self.queued, "drift": None if self.drift is None else dict(self.drift)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Observed:
+        if isinstance(data, int):  # answers recorded before drift monitoring existed
+            return cls(data)
+        return cls(int(data["queued"]), data.get("drift"))
+
+
+@dataclass(frozen=True)
 class Batch:
     """Items the picker saw: every candidate's prediction, their ids and features."""
 
     item_ids: Sequence[str]
     predictions: npt.NDArray[np.int64]
     instances: npt.NDArray[np.float64]
+    models: Sequence[str] | None = None  # the candidates the columns are (None: unchecked)
 
 
 def observe_batch(
@@ -231,11 +276,15 @@ def observe_batch(
     rng: np.random.Generator,
     now: float,
     retention: Retention,
-) -> tuple[Txn, int]:
+    drift_config: DriftConfig | None = None,
+) -> tuple[Txn | None, Observed]:
     """t advances by the batch size; the picker's coins choose items to queue, within the
     round's budget; an id that is already stored is never queued (nor counted) twice.
-    Returns the transaction and how many items it queues."""
+    With `drift_config`, the round's drift monitor counts the batch in the same step.
+    Returns the transaction and what it observed (queued items, drift evidence)."""
     picker = current.picker
+    if batch.models is not None and tuple(batch.models) != current.meta.models:
+        return None, Observed(0, stale=True)  # the pool changed meanwhile: not observed
     decisions = decide_queries(
         picker.loss_array, picker.step + 1, batch.predictions, gamma, None, rng
     )
@@ -250,13 +299,26 @@ def observe_batch(
         for i in chosen
     ]  # fmt: skip
     tally = replace(current.tally, picker=advanced)
+    evidence = None
+    if drift_config is not None:
+        monitor = current.tally.monitor or Monitor.start(current.served, drift_config.n_classes)
+        monitor, evidence = drift.observe(monitor, batch.predictions, drift_config, picker.step)
+        tally = replace(tally, monitor=monitor)
+        if evidence is not None:
+            evidence = {**evidence, "round": picker.round,
+                        "watched_model": current.meta.models[monitor.model]}  # fmt: skip
     put = {tally_key(picker.round): Put(tally.to_dict())}
     put.update({item_key(i.item_id): Put(i.to_dict(), i.expire_at) for i in items})
     expect = {tally_key(picker.round): current.tally_version}
     expect.update({item_key(i.item_id): 0 for i in items})
     push = {queue_key(picker.round): {i.item_id: now for i in items}}
-    add = {COUNTERS: {QUERIES_COUNTER: float(len(items))}} if items else {}
-    return Txn(op, expect=expect, put=put, push=push, add=add, result=len(items)), len(items)
+    counts = {QUERIES_COUNTER: float(len(items))} if items else {}
+    if evidence is not None:
+        counts[DRIFT_COUNTER] = 1.0
+    observed = Observed(len(items), evidence)
+    txn = Txn(op, expect=expect, put=put, push=push, add={COUNTERS: counts} if counts else {},
+              result=observed.to_dict())  # fmt: skip
+    return txn, observed
 
 
 # ---- labeling ---------------------------------------------------------------------------
@@ -342,7 +404,8 @@ def apply_label(
         pull={queue_key(stored.round): [item_id]},
         add={COUNTERS: {ACCEPTED_COUNTER: 1.0}},
         append={audit_key(stored.round): [
-            {"item_id": item_id, "label": label, "by": by, "at": now}]},
+            {"item_id": item_id, "label": label, "by": by, "at": now, "q": stored.q,
+             "instance": list(stored.instance)}]},
         result="accepted",
     )  # fmt: skip
     return "accepted", None, txn
@@ -352,14 +415,25 @@ def apply_label(
 
 
 def new_round(
-    op: str, current: Selection, budget: int | None, now: float, rounds_kept: int = 100
-) -> tuple[Txn, int]:
+    op: str,
+    current: Selection,
+    budget: int | None,
+    now: float,
+    rounds_kept: int = 100,
+    started_by: Mapping[str, Any] | None = None,
+    if_round: int | None = None,
+) -> tuple[Txn | None, int]:
     """A fresh data period: a new tally (L and t at 0) with its budget; the old round is
     closed (its late labels are stale, its tally stays as the round's record) and its
     queue dropped. The round that falls out of the newest `rounds_kept` is forgotten, its
-    record and its label audit."""
+    record and its label audit. `started_by` records why (drift evidence); with
+    `if_round`, nothing happens unless that round is still the current one (two replicas
+    that saw the same drift start one round)."""
     old = current.picker.round
-    fresh = Tally(initial_state(current.picker.n_models, budget, old + 1), started_at=now)
+    if if_round is not None and if_round != old:
+        return None, old
+    fresh = Tally(initial_state(current.picker.n_models, budget, old + 1), started_at=now,
+                  started_by=started_by)  # fmt: skip
     meta = replace(current.meta, round=old + 1)
     closed = replace(current.tally, closed=True, ended_at=now)
     put = {META: Put(meta.to_dict()), tally_key(old): Put(closed.to_dict()),
@@ -409,7 +483,11 @@ def swap_target(current: Selection, margin: float, min_labels: int = 0) -> int:
     picker = current.picker
     if current.meta.labels_since_swap(picker.round, picker.labels) < min_labels:
         return current.served
-    return served_model(picker.weights(), current.served, margin)
+    weights = picker.weights()
+    for model in range(len(weights)):  # a model rolled back as a canary waits for a new round
+        if model != current.served and current.meta.is_barred(model, picker.round):
+            weights[model] = 0.0
+    return served_model(weights, current.served, margin)
 
 
 def swap(
@@ -419,22 +497,68 @@ def swap(
     trigger: str | None,
     now: float,
     min_labels: int = 0,
+    mode: str = "instant",
 ) -> tuple[Txn | None, dict[str, Any] | None]:
     """Serve the posterior's best once it leads the served model by more than `margin`,
     with `min_labels` labels since the last swap. The compare-and-set covers both documents
     the decision read (the served model and the round's losses), so a decision on stale
-    losses never lands."""
+    losses never lands. With mode `canary`, the swap starts a canary instead (traffic moves
+    in steps, `service.canary`); a canary whose model is no longer the target is cancelled."""
     target = swap_target(current, margin, min_labels)
+    canary = current.meta.canary
+    if mode == "canary" or canary is not None:
+        if canary is not None and canary["to"] != target:
+            return canary_event(op, current, None, "canary_cancel", now, trigger)
+        if canary is not None or target == current.served:
+            return None, None
+        started = {"to": target, "from": current.served, "step": 0, "started_at": now}
+        return canary_event(op, current, started, "canary_start", now, trigger, target)
     if target == current.served:
         return None, None
+    return promote(op, current, target, now, trigger)
+
+
+def swap_record(
+    current: Selection, kind: str, to: int, now: float, trigger: str | None, **extra: Any
+) -> dict[str, Any]:
     names = current.meta.models
-    record = {"time": now, "from_model": names[current.served], "to_model": names[target],
-              "labels": current.picker.labels, "round": current.picker.round,
-              "trigger_item": trigger}  # fmt: skip
+    return {"time": now, "kind": kind, "from_model": names[current.served],
+            "to_model": names[to], "labels": current.picker.labels,
+            "round": current.picker.round, "trigger_item": trigger, **extra}  # fmt: skip
+
+
+def promote(
+    op: str, current: Selection, target: int, now: float, trigger: str | None, via: str = "swap"
+) -> tuple[Txn, dict[str, Any]]:
+    """The swap itself: `target` is served from now on (and any canary is over)."""
+    record = swap_record(current, "swap", target, now, trigger, via=via)
+    swapped_at = (current.picker.round, current.picker.labels)
     meta = replace(current.meta, served=target, version=current.meta.version + 1,
-                   swapped_at=(current.picker.round, current.picker.labels))  # fmt: skip
+                   swapped_at=swapped_at, canary=None)  # fmt: skip
     round_key = tally_key(current.picker.round)
     txn = Txn(op, expect={META: current.meta_version, round_key: current.tally_version},
               put={META: Put(meta.to_dict())}, append={SWAPS: [record]},
               add={COUNTERS: {SWAPS_COUNTER: 1.0}}, result=record)  # fmt: skip
+    return txn, record
+
+
+def canary_event(
+    op: str,
+    current: Selection,
+    canary: Mapping[str, Any] | None,
+    kind: str,
+    now: float,
+    trigger: str | None = None,
+    to: int | None = None,
+    counters: Mapping[str, float] | None = None,
+    **changes: Any,
+) -> tuple[Txn, dict[str, Any]]:
+    """A canary starts, moves a step, is cancelled or rolled back: meta's canary becomes
+    `canary`; the event goes in the swap log (no version bump: the served model stays)."""
+    to = to if to is not None else int((current.meta.canary or {})["to"])
+    record = swap_record(current, kind, to, now, trigger, **changes.pop("record", {}))
+    meta = replace(current.meta, canary=None if canary is None else dict(canary), **changes)
+    txn = Txn(op, expect={META: current.meta_version}, put={META: Put(meta.to_dict())},
+              append={SWAPS: [record]}, add={COUNTERS: dict(counters)} if counters else {},
+              result=record)  # fmt: skip
     return txn, record

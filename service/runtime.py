@@ -3,7 +3,8 @@ known selection, and three background loops.
 
 - refresh (every `selection_refresh_s`): re-read the selection and reconcile the served
   model with the posterior's best (past `switch_margin`), so a swap that a failed request
-  did not make is made here within a second; apply a changed deployment label budget.
+  did not make is made here within a second; apply a changed deployment label budget;
+  read how many items wait in the label queue (shadow pacing).
 - flush (every 0.5 s): add this replica's metric counts to the store, one op key per batch
   until it lands, so a lost answer never counts them twice.
 - upkeep (every 2 s): bounded trimming of expired queue entries and records.
@@ -41,10 +42,12 @@ class ReplicaRuntime:
         self.counters = LocalCounters()
         self.knobs = RuntimeKnobs()
         self.selection: Selection | None = None
+        self.waiting: int | None = None  # label queue items waiting, as of the last refresh
         self._pending_budget: Any = _UNSET
         self._pending_counters: tuple[str, dict[str, float]] | None = None
         self._flush_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._extra: list[tuple[Callable[[], Any], float]] = []
 
     async def run_store(self, function: Callable[..., T], *args: Any) -> T:
         """A blocking store call in the store's own threads (bounded by its timeouts)."""
@@ -55,9 +58,14 @@ class ReplicaRuntime:
             self.counters.inc("errors", "store")
             raise
 
+    def also_every(self, body: Callable[[], Any], period_s: float) -> None:
+        """Another background loop (registered before `start`)."""
+        self._extra.append((body, period_s))
+
     def start(self) -> None:
-        for loop_body, period in ((self.refresh, self.refresh_s), (self.flush, COUNTER_FLUSH_S),
-                                  (self.upkeep, UPKEEP_S)):  # fmt: skip
+        loops = [(self.refresh, self.refresh_s), (self.flush, COUNTER_FLUSH_S),
+                 (self.upkeep, UPKEEP_S), *self._extra]  # fmt: skip
+        for loop_body, period in loops:
             self._tasks.append(
                 asyncio.get_running_loop().create_task(self._every(loop_body, period))
             )
@@ -86,19 +94,23 @@ class ReplicaRuntime:
             await self.run_store(self.live.apply_config_budget, new_op("config"), budget)
             if self._pending_budget is budget:
                 self._pending_budget = _UNSET
-        selection = await self.run_store(self.live.selection)
         knobs = self.knobs
+        self.waiting = await self.run_store(self.live.waiting, time.time(), knobs.query_ttl_s)
+        selection = await self.run_store(self.live.selection)
         target = swap_target(selection, knobs.switch_margin, knobs.min_labels_between_swaps)
-        if target != selection.served:
+        canary = selection.meta.canary
+        stale = target != selection.served if canary is None else canary["to"] != target
+        if stale:
             await self.reconcile(trigger=None)
             return
         self.selection = selection
 
     async def reconcile(self, trigger: str | None) -> Selection:
         """Make the served model follow the posterior's best; returns the fresh selection."""
+        knobs = self.knobs
         await self.run_store(
-            self.live.reconcile, self.knobs.switch_margin, trigger, time.time(),
-            self.knobs.min_labels_between_swaps,
+            self.live.reconcile, knobs.switch_margin, trigger, time.time(),
+            knobs.min_labels_between_swaps, knobs.swap_mode,
         )  # fmt: skip
         self.selection = await self.run_store(self.live.selection)
         return self.selection

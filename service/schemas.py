@@ -3,7 +3,7 @@ from these. Unknown fields are rejected; every field has bounds and a descriptio
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -41,10 +41,61 @@ class RuntimeKnobs(Strict):
     shadow_rate: float = Field(
         0.5, ge=0, le=1, description="share of served items also run through every candidate"
     )
+    queue_target: int | None = Field(
+        20, ge=1, le=1_000_000,
+        description="items waiting in the label queue (not leased) at which shadow sampling "
+        "falls to shadow_trickle_rate; it rises again below it. None: always shadow_rate",
+    )  # fmt: skip
+    shadow_trickle_rate: float = Field(
+        0.01, ge=0, le=1,
+        description="shadow sampling while the label queue is full (keeps the picker's step "
+        "and the monitoring going)",
+    )  # fmt: skip
     label_budget: int | None = Field(
         None, ge=0, le=10_000_000,
         description="queries per round at most (None: gamma alone limits them); a change "
         "here applies to the current round once, when the deployed config changes",
+    )  # fmt: skip
+    drift_action: Literal["new_round", "alert", "off"] = Field(
+        "new_round",
+        description="on drift in the live stream: start a new round (the evidence goes in "
+        "the round history), alert only (metric and log), or do not monitor",
+    )
+    drift_window: int = Field(
+        300, ge=50, le=1_000_000,
+        description="shadow-evaluated items per drift window (the reference is the round's "
+        "first window; each later window is tested against it)",
+    )  # fmt: skip
+    drift_alpha: float = Field(
+        1e-4, gt=0, lt=0.5,
+        description="false-alarm probability per tested window on a stationary stream "
+        "(split over the two tests, Bonferroni)",
+    )  # fmt: skip
+    failover: bool = Field(
+        True,
+        description="a served model that fails answers through the next candidate in "
+        "posterior order (off: a 503 naming it)",
+    )
+    swap_mode: Literal["instant", "canary"] = Field(
+        "instant",
+        description="instant: a swap moves all traffic at once; canary: traffic moves to the "
+        "new best in canary_steps, rolled back on errors or latency past their bounds",
+    )
+    canary_steps: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: [0.1, 0.5], min_length=1, max_length=10,
+        description="shares of served requests the canary gets, step by step (then all)",
+    )  # fmt: skip
+    canary_step_requests: int = Field(
+        50, ge=1, le=1_000_000,
+        description="canary requests a replica sends at a step before the canary moves on",
+    )  # fmt: skip
+    canary_max_error_rate: float = Field(
+        0.05, ge=0, le=1, description="a canary failing more of its requests is rolled back"
+    )
+    canary_max_latency_ms: float | None = Field(
+        None, gt=0, le=600_000,
+        description="a canary whose median latency is above this is rolled back (None: no "
+        "latency bound)",
     )  # fmt: skip
     switch_margin: float = Field(
         0.0, ge=0, lt=1, description="posterior lead the best needs over the served model"
@@ -80,6 +131,9 @@ class ItemPrediction(Strict):
 
 class PredictResponse(Strict):
     model: str = Field(..., description="the candidate that answered")
+    failed_over_from: str | None = Field(
+        None, description="the served model, when it failed and `model` answered instead"
+    )
     selection_version: int = Field(..., ge=0, description="bumps on every hot swap")
     predictions: list[ItemPrediction] = Field(..., description="one per instance, in order")
 
@@ -146,6 +200,15 @@ class FeedbackResponse(Strict):
 
 class SwapRecord(Strict):
     time: float = Field(..., description="unix time of the swap")
+    kind: Literal[
+        "swap", "canary_start", "canary_step", "canary_cancel", "rollback",
+        "candidate_added", "candidate_removed",
+    ] = Field(
+        "swap", description="a swap; a canary's start, step, cancellation or rollback; a "
+        "candidate added or removed at run time (from_model and to_model name it)",
+    )  # fmt: skip
+    via: str | None = Field(None, description="for a swap: swap (instant) or canary")
+    reason: str | None = Field(None, description="why a canary moved or was rolled back")
     from_model: str = Field(..., description="served before")
     to_model: str = Field(..., description="served after")
     labels: int = Field(..., description="labels applied in the round at the time")
@@ -193,6 +256,10 @@ class RoundRecord(Strict):
     posterior: dict[str, float] = Field(..., description="the posterior at its end (or now)")
     best_model: str = Field(..., description="the posterior's best at its end (or now)")
     swaps: list[SwapRecord] = Field(..., description="swaps made in it (the ones still kept)")
+    started_by: dict[str, Any] | None = Field(
+        None, description="why it started: null (an operator, or start-up), or the drift "
+        "evidence (reason, test, statistics, p-values, windows, step)",
+    )  # fmt: skip
 
 
 class RoundsResponse(Strict):
@@ -263,3 +330,12 @@ class V2InferRequest(Strict):
     parameters: V2Parameters | None = Field(
         None, max_length=16, description="OIP request parameters (accepted, not used)"
     )
+
+
+class CandidateChange(Strict):
+    candidates: list[str] = Field(..., description="the pool's candidates now, in order")
+    served_model: str = Field(..., description="the model served now")
+    loss: float | None = Field(
+        None, ge=0, description="an added candidate's loss, backfilled from the round's labels"
+    )
+    labels: int | None = Field(None, ge=0, description="the labels its loss was computed from")

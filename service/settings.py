@@ -57,9 +57,46 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, ge=1024, le=1024**3, description="request bodies larger get a 413"
     )
     router_replicas: int = Field(1, ge=1, le=64, description="ingress replicas")
+    router_replicas_per_node: int | None = Field(
+        None, ge=1, le=64,
+        description="at most this many router replicas on one Ray node (spreads them over "
+        "the cluster's nodes); None: Ray Serve places them",
+    )  # fmt: skip
     max_batch_size: int = Field(256, ge=1, le=100_000, description="instances per request")
     shadow_max_in_flight: int = Field(
         4, ge=1, le=1024, description="shadow batches running at once per replica; more are shed"
+    )
+    shadow_batch_size: int = Field(
+        64, ge=1, le=10_000,
+        description="sampled items a router gathers into one shadow batch (one call of each "
+        "model for all of them)",
+    )  # fmt: skip
+    shadow_batch_wait_s: float = Field(
+        0.5, ge=0, le=60, description="longest a sampled item waits for its shadow batch"
+    )
+    shadow_replicas: int = Field(
+        1, ge=1, le=1024,
+        description="replicas of the Candidates deployment (shadow evaluation); the start "
+        "and lower bound when shadow_max_replicas is set",
+    )  # fmt: skip
+    shadow_max_replicas: int | None = Field(
+        None, ge=1, le=1024,
+        description="autoscale the Candidates deployment up to this many replicas (Ray "
+        "Serve autoscaling on ongoing requests); None: a fixed shadow_replicas",
+    )  # fmt: skip
+    serve_from: Literal["router", "candidates"] = Field(
+        "router",
+        description="where the served model answers: router (every router replica loads "
+        "the pool and answers in-process, no extra hop) or candidates (the router calls the "
+        "Candidates deployment: for pools too large to load in every router replica)",
+    )
+    model_timeout_s: float = Field(
+        5.0, gt=0, le=600,
+        description="longest any model call may take (served and shadow); a served model "
+        "past it is a 503 naming it, a shadow batch past it is shed and counted",
+    )  # fmt: skip
+    model_threads: int = Field(
+        2, ge=1, le=64, description="worker threads per model in each replica that runs it"
     )
     selection_refresh_s: float = Field(
         0.2, gt=0, le=1.0, description="how often a replica re-reads the served model"
@@ -91,6 +128,8 @@ class Settings(BaseSettings):
                 "labels) to anyone who reaches the port: set PICKSERVE_TOKENS_FILE or "
                 "PICKSERVE_TOKENS, or PICKSERVE_ALLOW_INSECURE=true for a throwaway setup"
             )
+        if self.shadow_max_replicas is not None and self.shadow_max_replicas < self.shadow_replicas:
+            raise ValueError("shadow_max_replicas must be at least shadow_replicas")
         return self
 
     @property

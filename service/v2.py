@@ -48,10 +48,13 @@ def response(
     served: str,
     version: int | None,
     item_ids: list[str] | None,
+    failed_over_from: str | None = None,
 ) -> dict[str, Any]:
     n_rows, n_classes = probabilities.shape
     predicted = probabilities.argmax(axis=1).tolist()
     parameters: dict[str, Any] = {"served_model": served}
+    if failed_over_from is not None:
+        parameters["failed_over_from"] = failed_over_from
     if version is not None:
         parameters["selection_version"] = version
     if item_ids is not None:

@@ -13,6 +13,7 @@ default) and `RedisBackend`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -95,8 +96,11 @@ class Backend(Protocol):
         """Up to `limit` members with lowest <= score <= highest, lowest score first; each is
         re-scored to `new_score` (a visibility timeout). Cost: log(size) + limit."""
 
-    def count(self, queue: str, lowest: float) -> int:
-        """Members with score >= lowest. Cost: log(size) on Redis and SQLite."""
+    def count(self, queue: str, lowest: float, highest: float = math.inf) -> int:
+        """Members with lowest <= score <= highest. Cost: log(size) on Redis and SQLite."""
+
+    def members(self, queue: str, limit: int) -> list[str]:
+        """Up to `limit` members, lowest score first, changing nothing. Cost: limit."""
 
     def trim(self, queue: str, below: float, limit: int) -> int:
         """Remove up to `limit` members with score < below; returns how many. Cost: limit."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 import copy
 import heapq
+import math
 import threading
 import time
 from collections import deque
@@ -128,12 +129,18 @@ class MemoryBackend:
                 entries.put(member, new_score)
             return taken
 
-    def count(self, queue: str, lowest: float) -> int:
+    def count(self, queue: str, lowest: float, highest: float = math.inf) -> int:
         with self._lock:
             entries = self._queues.get(queue)
-            if entries is None:
+            if entries is None or highest < lowest:
                 return 0
-            return len(entries.order) - bisect.bisect_left(entries.order, (lowest, ""))
+            end = bisect.bisect_right(entries.order, (highest, "\U0010ffff"))
+            return end - bisect.bisect_left(entries.order, (lowest, ""))
+
+    def members(self, queue: str, limit: int) -> list[str]:
+        with self._lock:
+            entries = self._queues.get(queue)
+            return [] if entries is None else [m for _, m in entries.order[:limit]]
 
     def trim(self, queue: str, below: float, limit: int) -> int:
         with self._lock:

@@ -14,6 +14,7 @@ are checked at start-up (`check_durability`).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -188,8 +189,14 @@ class RedisBackend:
         members = self._call(self._take, keys=[self._key(queue)], args=args, write=True)
         return list(members)
 
-    def count(self, queue: str, lowest: float) -> int:
-        return int(self._call(self._client.zcount, self._key(queue), repr(float(lowest)), "+inf"))
+    def count(self, queue: str, lowest: float, highest: float = math.inf) -> int:
+        top = "+inf" if math.isinf(highest) else repr(float(highest))
+        return int(self._call(self._client.zcount, self._key(queue), repr(float(lowest)), top))
+
+    def members(self, queue: str, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        return list(self._call(self._client.zrange, self._key(queue), 0, limit - 1))
 
     def trim(self, queue: str, below: float, limit: int) -> int:
         args = [repr(float(below)), limit]

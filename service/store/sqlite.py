@@ -10,6 +10,7 @@ log(size) + its own size. The file cannot be shared across machines: use Redis t
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -185,12 +186,21 @@ class SQLiteBackend:
             )
         return members
 
-    def count(self, queue: str, lowest: float) -> int:
+    def count(self, queue: str, lowest: float, highest: float = math.inf) -> int:
         with self._transaction(write=False) as db:
             (n,) = db.execute(
-                "SELECT COUNT(*) FROM queue WHERE name = ? AND score >= ?", (queue, lowest)
+                "SELECT COUNT(*) FROM queue WHERE name = ? AND score >= ? AND score <= ?",
+                (queue, lowest, highest),
             ).fetchone()
         return int(n)
+
+    def members(self, queue: str, limit: int) -> list[str]:
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                "SELECT member FROM queue WHERE name = ? ORDER BY score, member LIMIT ?",
+                (queue, limit),
+            ).fetchall()
+        return [m for (m,) in rows]
 
     def trim(self, queue: str, below: float, limit: int) -> int:
         with self._transaction(write=True) as db:

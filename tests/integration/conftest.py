@@ -48,6 +48,18 @@ def serve_port() -> Iterator[int]:
 Deploy = Callable[..., httpx.Client]
 
 
+def own_copy_of_demo_pool(demo: DemoData, folder: Path) -> Path:
+    """The demo pool file, with absolute model paths, in a folder of the test's own: a test
+    that adds or removes candidates at run time changes this copy, not the shared pool."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = demo.pool_file.read_text().replace(
+        "sklearn: models/", f"sklearn: {demo.pool_file.parent / 'models'}/"
+    )
+    pool = folder / "pool.yaml"
+    pool.write_text(text)
+    return pool
+
+
 class Deployer:
     """Deploys the app with a fresh state namespace and hands out HTTP clients."""
 
@@ -62,13 +74,15 @@ class Deployer:
         settings: dict[str, Any] | None = None,
         **knobs: Any,
     ) -> httpx.Client:
-        """Deploy with these knobs (user_config); `settings` are further start-up settings."""
+        """Deploy with these knobs (user_config); `settings` are further start-up settings.
+        Shadow pacing is off unless a test sets `queue_target`: tests count shadow work."""
         replicas = knobs.pop("router_replicas", 1)
         full = Settings(
             state_dir=self.state_dir, store=store, redis_url=knobs.pop("redis_url", self.redis_url),
             pool=knobs.pop("pool", None),
             store_namespace=namespace or uuid.uuid4().hex, router_replicas=replicas,
-            max_batch_size=64, knobs=RuntimeKnobs(**{"seed": 7, **knobs}), **(settings or {}),
+            max_batch_size=64, knobs=RuntimeKnobs(**{"seed": 7, "queue_target": None, **knobs}),
+            **(settings or {}),
         )  # fmt: skip
         self.namespace = full.store_namespace
         serve.run(build(full), name=APP, route_prefix="/")

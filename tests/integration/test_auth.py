@@ -50,6 +50,8 @@ def routes(demo: DemoData) -> list[tuple[str, str, tuple[str, ...], Any]]:
         ("PATCH", "/v1/rounds/current", ("admin",), {"label_budget": None}),
         ("GET", "/v1/rounds", ("admin",), None),
         ("GET", "/v1/rounds/0/labels", ("admin",), None),
+        ("POST", "/v1/candidates", ("admin",), {"name": "ghost", "sklearn": "nowhere.joblib"}),
+        ("DELETE", "/v1/candidates/nope", ("admin",), None),
         ("GET", "/v2/health/live", (), None),
         ("GET", "/v2/health/ready", (), None),
         ("GET", "/metrics", (), None),
@@ -99,8 +101,8 @@ def test_every_route_for_every_caller(client: httpx.Client, demo: DemoData) -> N
                 assert answer.status_code == 403, where
                 wanted = " or ".join(f"'{role}'" for role in needed)
                 assert f"the token of '{NAMES[caller]}' lacks the {wanted} role" in answer.text
-            else:
-                assert answer.status_code in (200, 404), where  # 404: feedback, unknown item
+            else:  # 404: feedback for an unknown item, an unknown candidate; 422: no such file
+                assert answer.status_code in (200, 404, 422), where
             for token in TOKENS.values():
                 assert token not in answer.text
             if (method, path) == ("POST", "/v1/rounds") and caller != "admin":  # refused

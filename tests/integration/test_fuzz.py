@@ -3,7 +3,8 @@ generated cases for every operation that takes input, and no response may be a 5
 
 Operations without parameters (health, metrics, pool, selection) have one possible request;
 schemathesis sends them a few times. The app is the real one, over Ray Serve and HTTP,
-with the embedded store; rounds and budgets the fuzzer posts change only its own state.
+with the embedded store; rounds, budgets and candidates the fuzzer posts change only its
+own state and its own copy of the pool file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.integration.conftest import Deploy
+from service.demo_pool import DemoData
+from tests.integration.conftest import Deploy, own_copy_of_demo_pool
 
 MIN_CASES = 1000
 PARAMETERLESS = {
@@ -36,8 +38,11 @@ def cases_per_operation(report: Path) -> Counter[str]:
     return cases
 
 
-def test_no_generated_request_gets_a_server_error(deploy: Deploy, tmp_path: Path) -> None:
-    client: httpx.Client = deploy(shadow_rate=0.2)
+def test_no_generated_request_gets_a_server_error(
+    deploy: Deploy, demo: DemoData, tmp_path: Path
+) -> None:
+    pool = own_copy_of_demo_pool(demo, tmp_path / "pool")
+    client: httpx.Client = deploy(shadow_rate=0.2, pool=pool)
     binary = shutil.which("schemathesis") or str(
         Path(__file__).parents[2] / ".venv/bin/schemathesis"
     )

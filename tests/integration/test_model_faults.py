@@ -58,7 +58,8 @@ def test_a_non_finite_output_is_a_model_fault_never_a_fake_class(
     deploy: Deploy, demo: DemoData, tmp_path: Path
 ) -> None:
     huge = [[1e308] * 64]
-    client = deploy(pool=nonfinite_pool(demo, tmp_path, "naive-bayes"), shadow_rate=0.0)
+    client = deploy(pool=nonfinite_pool(demo, tmp_path, "naive-bayes"), shadow_rate=0.0,
+                    failover=False)  # fmt: skip
     served = client.post("/v1/predict", json={"instances": huge})
     assert served.status_code == 503 and "model 'naive-bayes' failed" in served.text
     assert "non-finite" in served.text

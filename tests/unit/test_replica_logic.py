@@ -133,8 +133,8 @@ class FakeCandidates:
     """Stands in for the Candidates handle: `shadow.remote` returns fixed predictions."""
 
     def __init__(self, predictions: np.ndarray) -> None:
-        async def remote(features: np.ndarray) -> np.ndarray:
-            return predictions[: len(features)]
+        async def remote(request: tuple[np.ndarray, object]) -> np.ndarray:
+            return predictions[: len(request[0])]
 
         self.shadow = type("Method", (), {"remote": staticmethod(remote)})()
 
@@ -148,7 +148,8 @@ def test_shadow_counts_non_finite_outputs_as_faults_and_the_model_wrong() -> Non
         shadow = ShadowEvaluator(FakeCandidates(predictions), live, runtime.run_store,
                                  runtime.counters, max_in_flight=2)  # fmt: skip
         knobs = RuntimeKnobs(shadow_rate=1.0, gamma=1e6)
-        shadow.start(np.zeros((4, 1)), ["s0", "s1", "s2", "s3"], knobs, np.random.default_rng(1))
+        shadow.offer(np.zeros((4, 1)), ["s0", "s1", "s2", "s3"], 1.0, knobs,
+                     np.random.default_rng(1))  # fmt: skip
         while shadow.in_flight:
             await asyncio.sleep(0.01)
         return runtime
@@ -173,8 +174,8 @@ def test_shadow_sheds_beyond_its_in_flight_bound() -> None:
         shadow = ShadowEvaluator(FakeCandidates(np.zeros((2, 3), dtype=np.int64)), live,
                                  runtime.run_store, runtime.counters, max_in_flight=1)  # fmt: skip
         knobs, rng = RuntimeKnobs(shadow_rate=1.0), np.random.default_rng(0)
-        shadow.start(np.zeros((2, 1)), ["a0", "a1"], knobs, rng)
-        shadow.start(np.zeros((2, 1)), ["b0", "b1"], knobs, rng)  # the first still runs
+        shadow.offer(np.zeros((2, 1)), ["a0", "a1"], 1.0, knobs, rng)
+        shadow.offer(np.zeros((2, 1)), ["b0", "b1"], 1.0, knobs, rng)  # the first still runs
         while shadow.in_flight:
             await asyncio.sleep(0.01)
         return runtime.counters.drain()

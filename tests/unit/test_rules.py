@@ -43,12 +43,13 @@ def test_observe_counts_every_item_and_queues_within_the_budget(
     existing = {ids[k] for k in existing_rows if k < n}
     start = current(budget=budget, step=7, queries=queries)
     batch = Batch(ids, np.array(preds, dtype=np.int64), np.zeros((n, 2)))
-    txn, queued = rules.observe_batch(
+    txn, observed = rules.observe_batch(
         "op", start, existing, batch, 1e6, np.random.default_rng(seed), NOW, Retention()
     )
     tally = Tally.from_dict(txn.put["tally:0"].value)  # type: ignore[arg-type]
     queued_ids = [k.removeprefix("item:") for k in txn.put if k.startswith("item:")]
     assert tally.picker.step == 7 + n
+    queued = observed.queued
     assert tally.picker.queries == queries + queued == queries + len(queued_ids)
     if budget is not None:
         assert queued <= max(0, budget - queries)

@@ -33,7 +33,7 @@ def state(connect: Connect, budget: int | None = None, **retention: float) -> Li
 
 def queue_all(live: LiveState, ids: list[str], now: float = NOW) -> int:
     """gamma 1e6: every disagreement item is queued (until the budget)."""
-    return live.observe(new_op("t"), batch(ids), 1e6, np.random.default_rng(0), now)
+    return live.observe(new_op("t"), batch(ids), 1e6, np.random.default_rng(0), now).queued
 
 
 def test_initialise_is_one_step_idempotent_and_refuses_another_pool(connect: Connect) -> None:
@@ -51,7 +51,7 @@ def test_observe_counts_steps_and_queues_within_the_budget(connect: Connect) -> 
     assert queue_all(live, ["i1", "i2"]) == 2
     assert queue_all(live, ["i3", "i4"]) == 1  # the budget allows one more
     agree = Batch(["i5"], np.array([[2, 2, 2]]), np.zeros((1, 2)))
-    assert live.observe(new_op("t"), agree, 1e6, np.random.default_rng(0), NOW) == 0
+    assert live.observe(new_op("t"), agree, 1e6, np.random.default_rng(0), NOW).queued == 0
     picker = live.selection().picker
     assert (picker.step, picker.queries) == (5, 3)
     assert live.item("i3") is not None and live.item("i4") is None
@@ -70,7 +70,7 @@ def test_a_repeated_observe_op_counts_nothing_twice(connect: Connect) -> None:
     rng = np.random.default_rng(0)
     first = live.observe("same-batch", batch(["i1", "i2"]), 1e6, rng, NOW)
     again = live.observe("same-batch", batch(["i1", "i2"]), 1e6, rng, NOW)
-    assert first == again == 2
+    assert first == again and first.queued == 2
     assert (live.selection().picker.step, live.selection().picker.queries) == (2, 2)
 
 

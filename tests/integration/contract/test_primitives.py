@@ -62,6 +62,18 @@ def test_queue_take_is_a_visibility_timeout(backend: Backend) -> None:
     assert backend.count("q", 0.0) == 0 and backend.take("q", 0, 1e9, 5, 0) == []
 
 
+def test_count_takes_a_score_window_and_members_read_without_changing(backend: Backend) -> None:
+    backend.commit(Txn("p", push={"q": {"a": 1.0, "b": 2.0, "c": 3.0, "d": 3.0, "e": 9.0}}))
+    assert backend.count("q", 2.0, 3.0) == 3  # both ends included
+    assert backend.count("q", 0.0, 0.5) == 0 and backend.count("q", 4.0, 1.0) == 0
+    assert backend.count("q", 3.0) == 3  # no upper end: everything from 3.0 up
+    assert backend.members("q", 3) == ["a", "b", "c"]
+    assert backend.members("q", 100) == ["a", "b", "c", "d", "e"]
+    assert backend.members("q", 0) == [] and backend.members("none", 5) == []
+    assert backend.take("q", 0.0, 10.0, 1, 50.0) == ["a"]  # members changed nothing
+    assert backend.members("q", 1) == ["b"]
+
+
 def test_trim_is_bounded_per_call(backend: Backend) -> None:
     backend.commit(Txn("p", push={"q": {f"i{n}": float(n) for n in range(25)}}))
     assert [backend.trim("q", below=20.0, limit=8) for _ in range(4)] == [8, 8, 4, 0]

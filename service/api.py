@@ -1,0 +1,136 @@
+"""The Router's FastAPI app and what its route modules share: roles and tokens, the
+Idempotency-Key header, the replica tag, the attributes a Router replica holds."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path as FilePath
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, Header, HTTPException, Path
+from ray import serve
+
+from service.auth import Authenticator, Caller, Role
+from service.canary import CanaryStats
+from service.http import make_api
+from service.live import LiveState
+from service.pool import PoolSpec
+from service.rules import Selection
+from service.runtime import ReplicaRuntime
+from service.schemas import KEY_PATTERN, RuntimeKnobs
+from service.serving import Server
+from service.settings import Settings
+from service.shadow import ShadowEvaluator
+from service.store import StoreError
+
+logger = logging.getLogger("pickserve")
+_limits = {"max_request_bytes": Settings.model_fields["max_request_bytes"].default}
+api = make_api(lambda: int(_limits["max_request_bytes"]))
+_auth = {"authenticator": Authenticator([])}
+
+
+def needs(*roles: Role, browser: bool = False) -> Any:
+    """A route dependency: the caller, if its token has one of `roles` (admin has every
+    role). 401 without a known token (for a page a browser opens, an HTTP Basic challenge,
+    so that it asks for the token), 403 with a token that lacks them."""
+    challenge = 'Basic realm="pickserve"' if browser else 'Bearer realm="pickserve"'
+
+    async def caller_with_role(
+        authorization: str | None = Header(None, include_in_schema=False),
+    ) -> Caller:
+        caller = _auth["authenticator"].caller(authorization)
+        if caller is None:
+            raise HTTPException(
+                401, "missing or unknown token: send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": challenge},
+            )  # fmt: skip
+        if not any(caller.may(role) for role in roles):
+            wanted = " or ".join(repr(r) for r in roles)
+            raise HTTPException(403, f"the token of {caller.name!r} lacks the {wanted} role")
+        return caller
+
+    return Depends(caller_with_role)
+
+
+INFER, LABEL, ADMIN = needs("infer"), needs("label"), needs("admin")
+INFER_OR_LABEL = needs("infer", "label")
+LABEL_PAGE = needs("label", browser=True)
+PAGE = (FilePath(__file__).parent / "static" / "label.html").read_text()
+
+
+def idempotency_header() -> Any:
+    """The Idempotency-Key header (a default value: Ray pickles the class by value, so a
+    name used only in a string annotation would not resolve in the replica)."""
+    return Header(
+        None, pattern=KEY_PATTERN,
+        description="repeat a request with the same key after a 503 to learn its outcome; "
+        "nothing is applied twice",
+    )  # fmt: skip
+
+
+class ReplicaTag:
+    """Every response names the replica and the Ray node that answered
+    (x-pickserve-replica, x-pickserve-node). A plain ASGI wrapper: Starlette's
+    BaseHTTPMiddleware would cost a task and a stream per request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.headers: list[tuple[bytes, bytes]] | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.headers is None:
+            import ray
+
+            replica = serve.get_replica_context().replica_id.unique_id
+            node = ray.get_runtime_context().get_node_id()
+            self.headers = [(b"x-pickserve-replica", replica.encode()),
+                            (b"x-pickserve-node", node.encode())]  # fmt: skip
+        tags = self.headers
+
+        async def tagged(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *tags]
+            await send(message)
+
+        await self.app(scope, receive, tagged)
+
+
+api.add_middleware(ReplicaTag)
+
+
+MODEL_NAME = Path(
+    ..., max_length=64, description="`router` (the served model) or a candidate's name"
+)
+
+
+def unavailable(error: StoreError, what: str) -> HTTPException:
+    return HTTPException(503, f"state store unavailable ({what}): {error}")
+
+
+class RouterBase:
+    """What every route module of the Router reads: set up by `Router.__init__`."""
+
+    settings: Settings
+    pool: PoolSpec
+    names: list[str]
+    pool_file: FilePath
+    state: LiveState
+    runtime: ReplicaRuntime
+    server: Server
+    shadow: ShadowEvaluator
+    rng: np.random.Generator
+    canary_stats: CanaryStats
+    _last_metrics: tuple[dict[str, float], int]
+
+    @property
+    def knobs(self) -> RuntimeKnobs:
+        return self.runtime.knobs
+
+    @property
+    def selection(self) -> Selection:
+        assert self.runtime.selection is not None  # read in __init__
+        return self.runtime.selection
