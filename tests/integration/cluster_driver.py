@@ -24,7 +24,8 @@ def main() -> int:
     ray.init(address=address, log_to_driver=False)
     nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
     common = {"state_dir": Path(state_dir), "router_replicas": 2, "router_replicas_per_node": 1,
-              "knobs": RuntimeKnobs(shadow_rate=1.0, gamma=50.0, seed=5)}  # fmt: skip
+              "knobs": RuntimeKnobs(shadow_rate=1.0, gamma=50.0, seed=5, queue_target=None,
+                                   drift_action="off")}  # fmt: skip
     try:  # the embedded store cannot be shared by replicas on two nodes
         build(Settings(store="embedded", **common))
         refused = None

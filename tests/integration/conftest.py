@@ -75,13 +75,17 @@ class Deployer:
         **knobs: Any,
     ) -> httpx.Client:
         """Deploy with these knobs (user_config); `settings` are further start-up settings.
-        Shadow pacing is off unless a test sets `queue_target`: tests count shadow work."""
+        Shadow pacing is off unless a test sets `queue_target`: tests count shadow work. Drift
+        monitoring is off unless a test sets `drift_action`: the tests' load repeats a few rows,
+        which is, rightly, a shifted stream, and a new round would wipe the labels they count."""
         replicas = knobs.pop("router_replicas", 1)
         full = Settings(
             state_dir=self.state_dir, store=store, redis_url=knobs.pop("redis_url", self.redis_url),
             pool=knobs.pop("pool", None),
             store_namespace=namespace or uuid.uuid4().hex, router_replicas=replicas,
-            max_batch_size=64, knobs=RuntimeKnobs(**{"seed": 7, "queue_target": None, **knobs}),
+            max_batch_size=64, knobs=RuntimeKnobs(
+                **{"seed": 7, "queue_target": None, "drift_action": "off", **knobs}
+            ),
             **(settings or {}),
         )  # fmt: skip
         self.namespace = full.store_namespace
