@@ -179,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-s", type=float, default=0, help="then soak `active` this long")
     parser.add_argument("--plot", type=Path, default=Path("loadtest-soak.png"))
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="then profile the bare and the steady replica with py-spy under one connection "
+        "and write their stacks into this folder",
+    )
+    parser.add_argument("--profile-s", type=float, default=20, help="seconds per profile")
     args = parser.parse_args(argv)  # fmt: skip
     require_wrk()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -231,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.duration_s:g} s per run; medians\n")  # fmt: skip
         print(table(results))
         print(f"\nshadow items during the measurement: {report['shadow_items_during_measurement']}")
+        if args.profile is not None:
+            report["profile"] = _profile(base, bodies, args.profile, args.profile_s)
         if args.soak_s > 0:
             from loadtest.soak import soak
 
@@ -246,7 +255,21 @@ def main(argv: list[str] | None = None) -> int:
 def _default_queue_target() -> int | None:
     from service.schemas import RuntimeKnobs
 
-    return getattr(RuntimeKnobs(), "queue_target", None)
+    return RuntimeKnobs().queue_target
+
+
+def _profile(base: str, bodies: list[str], folder: Path, duration_s: float) -> dict[str, Any]:
+    from loadtest.profile import profile_table, profile_under_load, replica_pid
+
+    replicas = {"bare": ("bare", "BareModel", "/bare/predict"),
+                "steady": ("steady", "Router", "/steady/v1/predict")}  # fmt: skip
+    profiles = {}
+    for name, (app, deployment, path) in replicas.items():
+        pid, stacks = replica_pid(app, deployment), folder / f"{name}-stacks.txt"
+        profiles[name] = profile_under_load(pid, base + path, bodies, duration_s, stacks)
+    print("\nreplica profiles (py-spy, one connection):\n")
+    print(profile_table(profiles))
+    return {name: p.as_dict() for name, p in profiles.items()}
 
 
 if __name__ == "__main__":

@@ -20,23 +20,34 @@ from loadtest.wrk import run_wrk
 CHUNK_S = 10.0
 
 
-def replica_memory_mib(app: str) -> dict[str, float]:
-    """Resident memory of each Ray Serve replica process of `app`, by deployment."""
-    memory: dict[str, float] = {}
+def replica_processes(app: str) -> dict[int, str]:
+    """The Ray Serve replica processes of `app` on this machine, pid → deployment: Ray
+    titles a replica's worker process `ray::ServeReplica:APP:DEPLOYMENT`, with the method
+    it is running appended while it runs one (`DEPLOYMENT.handle_request...`)."""
+    found: dict[int, str] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
-            if f"ServeReplica:{app}:" not in title:
-                continue
-            status = (proc / "status").read_text()
         except OSError:
             continue
-        deployment = title.split(f"ServeReplica:{app}:")[1].split()[0]
+        if title.startswith(f"ray::ServeReplica:{app}:"):
+            tail = title.split(f"ServeReplica:{app}:")[1].split()[0]
+            found[int(proc.name)] = tail.split(".")[0]
+    return found
+
+
+def replica_memory_mib(app: str) -> dict[str, float]:
+    """Resident memory of each Ray Serve replica process of `app`, by deployment."""
+    memory: dict[str, float] = {}
+    for pid, deployment in replica_processes(app).items():
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
         rss_kib = next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS"))
-        key = f"{deployment} (pid {proc.name})"
-        memory[key] = rss_kib / 1024
+        memory[f"{deployment} (pid {pid})"] = rss_kib / 1024
     return memory
 
 
