@@ -109,3 +109,26 @@ def test_the_image_is_rays_own_for_this_ray_and_python_and_the_manifests_name_it
     assert images and set(images) == {f"registry.example.com/pickserve:{version}"}
     assert f"-t registry.example.com/pickserve:{version} ." in dockerfile
     assert f'rayVersion: "{ray.__version__}"' in (ROOT / "k8s" / "rayservice.yaml").read_text()
+
+
+def test_the_ray_dashboard_is_reachable_only_by_the_operator_and_the_cluster() -> None:
+    """The dashboard accepts jobs and Serve configs: on the head pod it must listen on the
+    pod's address for KubeRay, so the network policy admits only the operator's namespace
+    and the Ray pods to its ports, and everyone to Serve and metrics."""
+    policy = yaml.safe_load((ROOT / "k8s" / "networkpolicy.yaml").read_text())
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    head = yaml.safe_load((ROOT / "k8s" / "rayservice.yaml").read_text())
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"ray.io/node-type": "head"}
+    open_ports: set[int] = set()
+    for rule in policy["spec"]["ingress"]:
+        ports = {p["port"] for p in rule.get("ports", [])}
+        sources = rule.get("from", [])
+        if not sources:  # from anywhere
+            open_ports |= ports
+        else:
+            assert all("podSelector" in s or "namespaceSelector" in s for s in sources)
+    assert open_ports == {8000, 8080}
+    params = head["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
+    assert int(params["metrics-export-port"]) == 8080
+    # locally the driver starts Ray with no dashboard at all
+    assert "include_dashboard=False" in (ROOT / "service" / "__main__.py").read_text()
