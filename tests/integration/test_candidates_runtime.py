@@ -76,7 +76,9 @@ def test_a_candidate_added_mid_round_joins_it_exactly_and_a_removed_one_is_gone(
     assert before["labels"] == len(labeler.applied) > 0
 
     new = demo.pool_file.parent / "models" / "extra-trees-noisy.joblib"
+    started = time.perf_counter()
     added = client.post("/v1/candidates", json={"name": "extra-trees-noisy", "sklearn": str(new)})
+    took_s = time.perf_counter() - started
     assert added.status_code == 200, added.text
     model = joblib.load(new)
     predicted = model.predict(np.array([f for f, _, _ in labeler.applied]))
@@ -100,6 +102,12 @@ def test_a_candidate_added_mid_round_joins_it_exactly_and_a_removed_one_is_gone(
         assert time.monotonic() < deadline, client.get("/v1/selection").json()["posterior"]
         labeler.serve_and_label(160)
     assert "extra-trees-noisy" in labeler.serve_and_label(32)
+    served_after = client.get("/v1/selection").json()["labels"] - before["labels"]
+    print(
+        f"\ncandidate figures: added mid-round with {before['labels']} labels backfilled in "
+        f"{took_s:.2f} s (load, probe, backfill, pool file); served after {served_after} "
+        "more labels"
+    )
 
     assert client.delete("/v1/candidates/nope").status_code == 404
     removed = client.delete("/v1/candidates/lda")

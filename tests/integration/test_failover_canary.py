@@ -67,13 +67,16 @@ class Clients:
     def __init__(self, base_url: str, rows: list[list[float]]) -> None:
         self.base_url, self.rows = base_url, rows
         self.answers: list[tuple[float, int, str | None]] = []
+        self.latency_ms: list[float] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self.run) for _ in range(2)]
 
     def run(self) -> None:
         with httpx.Client(base_url=self.base_url, timeout=30) as client:
             while not self.stop.is_set() and len(self.answers) < 50_000:
+                started = time.perf_counter()
                 answer = client.post("/v1/predict", json={"instances": self.rows})
+                self.latency_ms.append((time.perf_counter() - started) * 1000)
                 model = answer.json().get("model") if answer.status_code == 200 else None
                 self.answers.append((time.monotonic(), answer.status_code, model))
 
@@ -90,11 +93,13 @@ class Clients:
     def models_since(self, moment: float) -> set[str | None]:
         return {m for t, _, m in self.answers if t >= moment}
 
-    def wait_for(self, model: str, timeout_s: float = 15.0) -> None:
+    def wait_for(self, model: str, timeout_s: float = 15.0) -> float:
+        """Seconds until `model` answers a request sent from now on."""
         moment, deadline = time.monotonic(), time.monotonic() + timeout_s
         while model not in self.models_since(moment):
             assert time.monotonic() < deadline, f"{model} does not answer"
             time.sleep(0.1)
+        return time.monotonic() - moment
 
 
 def test_a_failing_then_hanging_served_model_costs_no_request_and_recovers(
@@ -110,12 +115,20 @@ def test_a_failing_then_hanging_served_model_costs_no_request_and_recovers(
         health = client.get("/metrics").text
         assert 'pickserve_model_healthy{model="switch"} 0.0' in health
         mode.write_text("ok")
-        clients.wait_for("switch")  # the probe saw it answer: it serves again
+        back_after_raise = clients.wait_for("switch")  # the probe saw it answer: it serves again
         mode.write_text("hang")
         clients.wait_for("logreg")
         mode.write_text("ok")
-        clients.wait_for("switch", timeout_s=25)
+        back_after_hang = clients.wait_for("switch", timeout_s=25)
     statuses = [s for _, s, _ in clients.answers]
+    slowest = max(clients.latency_ms)
+    by_model = {m: sum(1 for _, _, x in clients.answers if x == m) for m in ("switch", "logreg")}
+    print(
+        f"\nfailover figures: {len(statuses)} requests, {len(statuses) - statuses.count(200)} "
+        f"failed; answered by switch {by_model['switch']}, by logreg {by_model['logreg']}; "
+        f"slowest {slowest:.0f} ms (model_timeout_s 1); serving again {back_after_raise:.1f} s "
+        f"after it stopped raising, {back_after_hang:.1f} s after it stopped hanging"
+    )
     assert statuses.count(200) == len(statuses) > 50  # not one failed request
     failovers = [line for line in client.get("/metrics").text.splitlines()
                  if line.startswith('pickserve_failovers_total{model="switch"}')]  # fmt: skip
@@ -174,5 +187,9 @@ def test_a_canary_that_errors_is_rolled_back_and_a_sound_one_is_promoted(
     assert selection["swaps"][-1]["via"] == "canary"
     assert selection["served_model"] == "switch"
     assert all(status == 200 for _, status, _ in answers)
+    print(
+        f"\ncanary figures: the flaky one rolled back ({rollback['reason']}); the sound one "
+        f"promoted after {len(kinds) - 1} steps, {len(answers)} client requests, 0 failed"
+    )
     shares = [m for _, _, m in answers]
     assert "switch" in shares and "logreg" in shares  # traffic moved in steps
