@@ -1,9 +1,9 @@
 """Where a replica's time goes: py-spy samples one Ray Serve replica process while wrk drives
 it, and the samples are summed per request.
 
-py-spy (PyPI `py-spy`, a dev dependency) samples the process from outside, every thread, at
-`rate` per second, without changing it; idle threads are not sampled, so samples / rate is
-`--gil` keeps only the samples of the thread holding the GIL: the process's Python time,
+py-spy (PyPI `py-spy`, a dev dependency) samples the process from outside, at `rate` per
+second, without changing it. `--gil` keeps only the samples of the thread holding the GIL:
+the process's Python time,
 which is serial, so threads that wait (the event loop in epoll, idle pool threads) are not
 counted. Dividing by the requests wrk completed in the same window gives milliseconds per
 request, comparable between the bare app and pickserve. Each sample counts once, for the
