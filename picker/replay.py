@@ -47,14 +47,15 @@ class ReplayOutcome:
 @dataclass(frozen=True)
 class ReplayResult:
     method: str
-    param: float
+    param: float | None
     labels: float
     identified: float
     gap: float
     runs: int
+    budget: int | None = None
 
-    def to_dict(self) -> dict[str, float | int | str]:
-        return {
+    def to_dict(self) -> dict[str, float | int | str | None]:
+        result: dict[str, float | int | str | None] = {
             "method": self.method,
             "param": self.param,
             "labels": round(self.labels, 3),
@@ -62,6 +63,9 @@ class ReplayResult:
             "gap": round(self.gap, 4),
             "runs": self.runs,
         }
+        if self.budget is not None:
+            result["budget"] = self.budget
+        return result
 
 
 def draw_streams(n_items: int, stream_size: int, runs: int, rng: np.random.Generator) -> IntArray:

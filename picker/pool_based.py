@@ -1,0 +1,218 @@
+"""pool-based: pickserve's own pool selector, a calibrated Dawid–Skene belief.
+
+The belief is a likelihood over every item in the pool, labeled or not. Each model has a
+confusion matrix theta_h[c, j] = P(h predicts j | true class c) and the classes a prior rho;
+the models' predictions on an item are taken as independent given its true class
+(Dawid & Skene, 1979). EM from the models' vote shares, with the labeled items clamped to
+their labels, gives each unlabeled item's class probabilities r[x, c]. Smoothing: one
+pseudo-count in every cell and one more on the diagonal, one per class in rho.
+
+Independence given the class is wrong for real pools (models trained alike err alike), and
+it makes r overconfident. So r is calibrated by a temperature T, r_T ∝ r^(1/T), fitted by
+likelihood on the labels: each label is scored against the label-free belief (EM with no
+item clamped), which is what that label told us that the agreement alone did not. T is
+chosen on a fixed grid once five labels are in (T = 1 before).
+
+Accuracy on the pool: acc_h = (sum over labeled x of [h(x) = y] + sum over unlabeled x of
+r_T[x, h(x)]) / n: exact on labeled items, expected elsewhere. The leader a has the highest
+estimate; for each challenger b, the difference of correct counts D_ab = sum_x d_ab(x) has
+mean mu_b and variance sigma_b^2 under r_T, and w_b = Phi(-mu_b / sigma_b) is the
+probability that b is in truth ahead. The next item maximises
+sum_b w_b Var(d_ab(x)) / sigma_b^2: the share of the doubt about each close challenger that
+its label would settle. When every item is labeled the estimate is the exact accuracy.
+
+Everything is a function of the predictions and the set of labels: EM restarts from the
+vote shares with a fixed number of iterations, so the state does not depend on the order
+in which labels arrived. The choice depends only on the predictions and the labels, which
+is what the likelihood conditions on: the design is ignorable for this belief.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+
+from picker.modelpicker import FloatArray
+from picker.pooled import PoolSelector, pick_max
+
+EM_ITERATIONS = 20
+MIN_LABELS_FOR_TEMPERATURE = 5
+TEMPERATURES = np.array([1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0])
+STRENGTHS = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 1e6])
+_NORMAL_SQRT2 = math.sqrt(2.0)
+# Largest items x models x classes for the dense one-hot matrix (8 bytes each).
+_DENSE_LIMIT = 8_000_000
+
+
+def _erfc(x: FloatArray) -> FloatArray:
+    result: FloatArray = np.vectorize(math.erfc, otypes=[np.float64])(x)
+    return result
+
+
+def normal_cdf(x: FloatArray) -> FloatArray:
+    return 0.5 * _erfc(-x / _NORMAL_SQRT2)
+
+
+def log_rising(base: FloatArray, count: FloatArray) -> FloatArray:
+    """log of base (base + 1) ... (base + count - 1) = lgamma(base + count) - lgamma(base),
+    for whole counts >= 0 (a sum of logs: labels per pattern are few)."""
+    steps = np.arange(int(count.max()) + 1 if count.size else 1)
+    terms = np.log(base[..., None] + steps) * (steps < count[..., None])
+    result: FloatArray = terms.sum(axis=-1)
+    return result
+
+
+def log_normalise(logits: FloatArray) -> FloatArray:
+    """Rows of log-probabilities from rows of logits."""
+    top = logits.max(axis=1, keepdims=True)
+    result: FloatArray = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+    return result
+
+
+class PoolBased(PoolSelector):
+    method: ClassVar[str] = "pool-based"
+    default_param: ClassVar[float | None] = None
+
+    def _prepare(self) -> None:
+        if self.param is not None and not self.param >= 1.0:
+            raise ValueError(f"pool-based takes a fixed temperature >= 1, got {self.param}")
+        n, k, n_classes = self.n_items, self.n_models, self.n_classes
+        votes = np.zeros((n, n_classes))
+        np.add.at(votes, (np.repeat(np.arange(n), k), self.predictions.ravel()), 1.0)
+        self._votes = votes / k
+        self._cells = (np.arange(k)[None, :] * n_classes + self.predictions).ravel()
+        # One-hot (item, model x class) as a dense matrix when it is small enough: EM is
+        # then two matrix products per iteration.
+        self._onehot: FloatArray | None = None
+        if n * k * n_classes <= _DENSE_LIMIT:
+            onehot = np.zeros((n, k * n_classes))
+            onehot[np.repeat(np.arange(n), k), self._cells] = 1.0
+            self._onehot = onehot
+        self._disagrees = self.disagreement()
+        _, pattern_of = np.unique(self.predictions, axis=0, return_inverse=True)
+        self._pattern_of = pattern_of.reshape(-1).astype(np.int64)
+        self._n_patterns = int(self._pattern_of.max()) + 1
+        self._label_free = self._em(np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64))
+        self._refresh()
+
+    # The belief.
+    def _em(self, clamped: np.ndarray, truth: np.ndarray) -> FloatArray:
+        """log r[x, c] after EM_ITERATIONS from the vote shares, `clamped` items fixed."""
+        n, k, n_classes = self.n_items, self.n_models, self.n_classes
+        resp = self._votes.copy()
+        resp[clamped] = 0.0
+        resp[clamped, truth[clamped]] = 1.0
+        log_resp = np.log(np.maximum(resp, 1e-300))
+        diagonal = np.eye(n_classes)
+        for _ in range(EM_ITERATIONS):
+            # counts[h * C + j, c] = sum over items where h predicted j of r[x, c]
+            counts = self._cell_sums(resp)
+            confusion = counts.reshape(k, n_classes, n_classes).transpose(0, 2, 1)
+            confusion = confusion + 1.0 + diagonal
+            log_theta = np.log(confusion / confusion.sum(axis=2, keepdims=True))
+            log_rho = np.log((resp.sum(axis=0) + 1.0) / (n + n_classes))
+            # logits[x, c] = sum_h log theta[h, c, h(x)]
+            logits = self._cell_gather(log_theta.transpose(0, 2, 1).reshape(k * n_classes, -1))
+            log_resp = log_normalise(logits + log_rho)
+            log_resp[clamped] = np.where(diagonal[truth[clamped]] > 0, 0.0, -np.inf)
+            resp = np.exp(log_resp)
+        return log_resp
+
+    def _cell_sums(self, resp: FloatArray) -> FloatArray:
+        if self._onehot is not None:
+            result: FloatArray = self._onehot.T @ resp
+            return result
+        k, n_classes = self.n_models, self.n_classes
+        sums = np.empty((k * n_classes, n_classes))
+        for c in range(n_classes):
+            sums[:, c] = np.bincount(self._cells, np.repeat(resp[:, c], k), k * n_classes)
+        return sums
+
+    def _cell_gather(self, table: FloatArray) -> FloatArray:
+        """sum over models h of table[h * C + h(x)] per item: (n, columns of table)."""
+        if self._onehot is not None:
+            result: FloatArray = self._onehot @ table
+            return result
+        gathered = table[self._cells].reshape(self.n_items, self.n_models, -1)
+        summed: FloatArray = gathered.sum(axis=1)
+        return summed
+
+    def _refresh(self) -> None:
+        truth = np.zeros(self.n_items, dtype=np.int64)
+        for item, label in self.labels.items():
+            truth[item] = label
+        self._truth = truth
+        self.temperature, self.strength = self._fit_calibration()
+        log_resp = self._em(self._labeled, truth) / self.temperature
+        prior = np.exp(log_normalise(np.where(np.isfinite(log_resp), log_resp, -1e300)))
+        # Items with the same predictions share P(y | predictions): the labels among them
+        # update it as counts on a Dirichlet whose mean is the calibrated EM belief.
+        counts = self._pattern_counts()[self._pattern_of]
+        self.resp = (self.strength * prior + counts) / (self.strength + counts.sum(axis=1))[:, None]
+        self.resp[self._labeled] = 0.0
+        self.resp[self._labeled, truth[self._labeled]] = 1.0
+        # P(model h is right on x), exact (0 or 1) on labeled items.
+        self.p_right = np.take_along_axis(self.resp, self.predictions, axis=1)
+
+    def _pattern_counts(self) -> FloatArray:
+        """(patterns, C): the labels received on the items of each prediction pattern."""
+        counts = np.zeros((self._n_patterns, self.n_classes))
+        items = np.flatnonzero(self._labeled)
+        np.add.at(counts, (self._pattern_of[items], self._truth[items]), 1.0)
+        return counts
+
+    def _fit_calibration(self) -> tuple[float, float]:
+        """(T, S) of highest evidence: the labels' Dirichlet-multinomial likelihood per
+        pattern, the Dirichlet's mean the label-free belief at temperature T, its strength S."""
+        fixed = None if self.param is None else float(self.param)
+        if len(self.labels) < MIN_LABELS_FOR_TEMPERATURE:
+            return (fixed or 1.0), float(STRENGTHS[-1])
+        counts = self._pattern_counts()
+        seen = np.flatnonzero(counts.sum(axis=1) > 0)
+        counts = counts[seen]
+        first_item = np.zeros(self._n_patterns, dtype=np.int64)
+        first_item[self._pattern_of[::-1]] = np.arange(self.n_items)[::-1]
+        forecasts = self._label_free[first_item[seen]]
+        totals = counts.sum(axis=1)
+        strengths = STRENGTHS[:, None]
+        # log of the evidence's normaliser per strength: sum over patterns of
+        # lgamma(S) - lgamma(S + n_s).
+        normaliser = log_rising(np.broadcast_to(strengths, (STRENGTHS.size, totals.size)), totals)
+        best, best_score = (1.0, float(STRENGTHS[-1])), -np.inf
+        for t in TEMPERATURES if fixed is None else np.array([fixed]):
+            mean = np.exp(log_normalise(forecasts / t))
+            alpha = np.maximum(strengths[:, :, None] * mean[None], 1e-300)
+            scores = log_rising(alpha, counts).sum(axis=(1, 2)) - normaliser.sum(axis=1)
+            top = int(np.argmax(scores))
+            if scores[top] > best_score:
+                best, best_score = (float(t), float(STRENGTHS[top])), float(scores[top])
+        return best
+
+    def accuracies(self) -> FloatArray:
+        result: FloatArray = self.p_right.mean(axis=0)
+        return result
+
+    # The choice.
+    def item_scores(self) -> FloatArray:
+        """sum_b w_b Var(d_ab(x)) / sigma_b^2 per item (0 on labeled items)."""
+        accuracy = self.accuracies()
+        leader = int(np.argmax(accuracy))
+        split = self.predictions != self.predictions[:, [leader]]
+        p_leader = self.p_right[:, [leader]]
+        mean = np.where(split, p_leader - self.p_right, 0.0)
+        variance = np.where(split, p_leader + self.p_right - mean**2, 0.0)
+        variance[self._labeled] = 0.0
+        mu, sigma2 = mean.sum(axis=0), variance.sum(axis=0)
+        challengers = sigma2 > 0
+        weight = np.zeros(self.n_models)
+        weight[challengers] = normal_cdf(-mu[challengers] / np.sqrt(sigma2[challengers]))
+        weight[challengers] /= sigma2[challengers]
+        result: FloatArray = variance @ weight
+        return result
+
+    def choose(self, rng: np.random.Generator) -> int | None:
+        scores = self.item_scores()
+        eligible = self._disagrees & ~self._labeled & (scores > 0)
+        return pick_max(scores, eligible, rng)

@@ -1,0 +1,76 @@
+"""Offline replay of the pool-based selectors.
+
+Protocol: a realisation draws `stream_size` items without replacement; unlike the online
+methods, a pool selector sees all of them at once (the stream of each realisation is the
+pool, as in the label queue) and asks for labels one at a time, re-ranking the pool after
+each. After `b` labels, for every budget b, it returns a model; a selector that finds
+nothing left worth a label stops early and keeps its answer. Identification and the
+accuracy gap are measured against the best accuracy on the realisation's items, as in
+`picker.replay`. One pass of a realisation serves every budget, since a label's choice
+never depends on the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from picker.data import Pool
+from picker.pooled import make_selector
+from picker.replay import ProgressCallback, ReplayResult, draw_streams
+
+
+def pool_replay(
+    pool: Pool,
+    method: str,
+    budgets: Sequence[int],
+    stream_size: int,
+    runs: int,
+    rng: np.random.Generator,
+    param: float | None = None,
+    on_step: ProgressCallback | None = None,
+) -> list[ReplayResult]:
+    """One ReplayResult per budget (ascending), each over the same `runs` realisations."""
+    if not budgets or min(budgets) < 1:
+        raise ValueError("budgets must be labels >= 1")
+    ordered = sorted({int(b) for b in budgets})
+    streams = draw_streams(pool.n_items, stream_size, runs, rng)
+    errors = pool.errors()
+    returned = np.zeros((runs, len(ordered)), dtype=np.int64)
+    used = np.zeros((runs, len(ordered)), dtype=np.int64)
+    stream_errors = np.zeros((runs, pool.n_models), dtype=np.int64)
+    setting = None
+    for run, items in enumerate(streams):
+        selector = make_selector(method, pool.predictions[items], pool.n_classes, param)
+        setting = selector.param
+        truth = pool.oracle[items]
+        stream_errors[run] = errors[items].sum(axis=0)
+        labels = 0
+        for column, budget in enumerate(ordered):
+            while labels < budget:
+                item = selector.choose(rng)
+                if item is None:
+                    break
+                selector.add_label(item, int(truth[item]))
+                labels += 1
+                if on_step is not None:
+                    on_step(1)
+            returned[run, column] = selector.best(rng)
+            used[run, column] = labels
+    fewest = stream_errors.min(axis=1)
+    results = []
+    for column, budget in enumerate(ordered):
+        chosen = stream_errors[np.arange(runs), returned[:, column]]
+        results.append(
+            ReplayResult(
+                method=method,
+                param=setting,
+                labels=float(used[:, column].mean()),
+                identified=float(np.mean(chosen == fewest)),
+                gap=float(np.mean(100.0 * (chosen - fewest) / stream_size)),
+                runs=runs,
+                budget=budget,
+            )
+        )
+    return results
