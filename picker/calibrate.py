@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from picker.data import PickerInputError, Pool
+from picker.data import PickerInputError, Pool, make_pool
+from picker.modelpicker import IntArray
+from picker.pool_replay import pool_replay
 from picker.replay import Method, ReplayResult, replay
 
 GAMMA_LOW = 1e-4
@@ -98,3 +101,60 @@ def replay_at_labels(
     if method != "random":
         param = calibrate_gamma(pool, labels, stream_size, calibration_runs, seed + 1, method).gamma
     return replay(pool, method, param, stream_size, runs, np.random.default_rng(seed))
+
+
+# Model Selector's authors tune eps on this grid against the models' majority vote.
+EPS_GRID = tuple(round(0.35 + 0.01 * i, 2) for i in range(15))
+
+
+def majority_vote(predictions: IntArray) -> IntArray:
+    """The class most models predict on each item (the smallest such class on a tie)."""
+    n_classes = int(predictions.max()) + 1
+    votes = np.zeros((predictions.shape[0], n_classes), dtype=np.int64)
+    np.add.at(
+        votes,
+        (np.repeat(np.arange(predictions.shape[0]), predictions.shape[1]), predictions.ravel()),
+        1,
+    )
+    result: IntArray = votes.argmax(axis=1)
+    return result
+
+
+def calibrate_pool(
+    pool: Pool, method: str, budget: int, stream_size: int, runs: int, seed: int
+) -> dict[str, Any]:
+    """A pool method's setting and forecast from the predictions alone, no labels.
+
+    The majority vote stands in for the labels. model-selector: eps from EPS_GRID with the
+    highest identification averaged over budgets 1..budget (its authors' grid search);
+    coda and pool-based have no setting to choose here (pool-based fits its calibration
+    from the labels as they come), so calibrate forecasts their identification at `budget`.
+    """
+    if budget < 1:
+        raise PickerInputError(f"budget must be >= 1 label, got {budget}")
+    pseudo = make_pool(pool.predictions, majority_vote(pool.predictions))
+    if method == "model-selector":
+        steps = list(range(1, budget + 1))
+        scores = {}
+        for eps in EPS_GRID:
+            curve = pool_replay(
+                pseudo, method, steps, stream_size, runs, np.random.default_rng(seed), eps
+            )
+            scores[eps] = (float(np.mean([r.identified for r in curve])), curve[-1].identified)
+        eps = max(EPS_GRID, key=lambda e: scores[e][0])
+        return {
+            "method": method,
+            "budget": budget,
+            "eps": eps,
+            "identified_vs_majority": round(scores[eps][1], 4),
+            "mean_identified_vs_majority": round(scores[eps][0], 4),
+            "runs": runs,
+        }
+    result = pool_replay(pseudo, method, [budget], stream_size, runs, np.random.default_rng(seed))
+    return {
+        "method": method,
+        "budget": budget,
+        "eps": None,
+        "identified_vs_majority": round(result[0].identified, 4),
+        "runs": runs,
+    }

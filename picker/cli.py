@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from picker.calibrate import calibrate_gamma
-from picker.data import PickerInputError, Pool, load_pool
+from picker.calibrate import calibrate_gamma, calibrate_pool
+from picker.data import PickerInputError, Pool, load_matrix, load_pool, make_pool
+from picker.pool_replay import pool_replay
+from picker.pooled import POOL_METHODS
 from picker.replay import METHODS, Method, ProgressCallback, ReplayResult, replay
 
 
@@ -44,19 +46,36 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("predictions", help="(items x models) predicted classes, .npy or .csv")
-        command.add_argument("oracle", help="(items,) true classes, .npy or .csv")
+        command.add_argument(
+            "oracle",
+            nargs="?" if name == "calibrate" else None,
+            help="(items,) true classes, .npy or .csv"
+            + (
+                " (not needed for the pool methods: the majority vote stands in)"
+                if name == "calibrate"
+                else ""
+            ),
+        )
         command.add_argument(
             "--stream-size", type=_positive(int), help="items per stream (default: all)"
         )
         command.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         command.add_argument("--quiet", action="store_true", help="no progress bar")
     replay_cmd = commands.choices["replay"]
-    replay_cmd.add_argument("--method", nargs="+", choices=METHODS, default=["modelpicker"])
+    replay_cmd.add_argument(
+        "--method", nargs="+", choices=METHODS + POOL_METHODS, default=["modelpicker"]
+    )
     replay_cmd.add_argument(
         "--gamma", nargs="+", type=_positive(float), help="modelpicker, entropy"
     )
     replay_cmd.add_argument(
-        "--budget", nargs="+", type=_positive(float), help="random: labels per stream"
+        "--budget",
+        nargs="+",
+        type=_positive(float),
+        help="labels per stream: random, and the pool methods (one pass serves every budget)",
+    )
+    replay_cmd.add_argument(
+        "--eps", type=_positive(float), help="model-selector's eps (default 0.46, published)"
     )
     replay_cmd.add_argument(
         "--runs", type=_positive(int), default=300, help="realisations (default 300)"
@@ -69,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget", type=_positive(float), required=True, help="target mean labels"
     )
     calibrate_cmd.add_argument(
-        "--method", choices=("modelpicker", "entropy"), default="modelpicker"
+        "--method", choices=("modelpicker", "entropy", *POOL_METHODS), default="modelpicker"
     )
     calibrate_cmd.add_argument(
         "--runs", type=_positive(int), default=100, help="realisations per trial"
@@ -80,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace) -> list[tuple[Method, float]]:
     settings: list[tuple[Method, float]] = []
     for method in args.method:
+        if method in POOL_METHODS:
+            continue
         params = args.budget if method == "random" else args.gamma
         if not params:
             flag = "--budget" if method == "random" else "--gamma"
@@ -113,16 +134,38 @@ def _stream_size(args: argparse.Namespace, pool: Pool) -> int:
     return size
 
 
+def _pool_budgets(args: argparse.Namespace) -> list[int]:
+    budgets = args.budget or []
+    if any(b != int(b) for b in budgets):
+        raise PickerInputError("--budget for the pool methods is a whole number of labels")
+    return [int(b) for b in budgets]
+
+
 def run_replay_command(args: argparse.Namespace) -> list[ReplayResult]:
     pool = load_pool(args.predictions, args.oracle)
     stream_size, settings = _stream_size(args, pool), _settings(args)
+    pooled = [m for m in args.method if m in POOL_METHODS]
+    budgets = _pool_budgets(args) if pooled else []
+    if pooled and not budgets:
+        raise PickerInputError(f"--method {pooled[0]} needs --budget (labels per stream)")
+    if args.eps is not None and not args.eps < 0.5:
+        raise PickerInputError(f"--eps must be in (0, 0.5), got {args.eps:g}")
+    total = stream_size * len(settings) + max(budgets, default=0) * args.runs * len(pooled)
     results = []
-    with _progress(stream_size * len(settings), args.quiet) as on_step:
+    with _progress(total, args.quiet) as on_step:
         for index, (method, param) in enumerate(settings):
             rng = np.random.default_rng([args.seed, index])
             result = replay(pool, method, param, stream_size, args.runs, rng, on_step)
             print(json.dumps(result.to_dict()), flush=True)
             results.append(result)
+        for index, name in enumerate(pooled, start=len(settings)):
+            rng = np.random.default_rng([args.seed, index])
+            setting = args.eps if name == "model-selector" else None
+            for result in pool_replay(
+                pool, name, budgets, stream_size, args.runs, rng, setting, on_step
+            ):
+                print(json.dumps(result.to_dict()), flush=True)
+                results.append(result)
     if args.plot is not None:
         plot_results(results, args.plot)
     return results
@@ -150,7 +193,22 @@ def plot_results(results: Sequence[ReplayResult], path: Path) -> None:
 
 
 def run_calibrate_command(args: argparse.Namespace) -> None:
-    pool = load_pool(args.predictions, args.oracle)
+    if args.oracle is None and args.method not in POOL_METHODS:
+        raise PickerInputError(f"calibrate --method {args.method} needs the oracle file")
+    if args.oracle is None:
+        # The pool methods' calibration replaces the oracle by the majority vote.
+        predictions = load_matrix(args.predictions)
+        pool = make_pool(predictions, predictions[:, 0] if predictions.ndim == 2 else predictions)
+    else:
+        pool = load_pool(args.predictions, args.oracle)
+    if args.method in POOL_METHODS:
+        if args.budget != int(args.budget):
+            raise PickerInputError("--budget for the pool methods is a whole number of labels")
+        forecast = calibrate_pool(
+            pool, args.method, int(args.budget), _stream_size(args, pool), args.runs, args.seed
+        )
+        print(json.dumps(forecast), flush=True)
+        return
     calibration = calibrate_gamma(
         pool, args.budget, _stream_size(args, pool), args.runs, args.seed, args.method
     )

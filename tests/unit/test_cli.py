@@ -109,3 +109,61 @@ def test_bad_input_gives_a_clear_error(tmp_path: Path, case: str, message: str) 
     assert done.returncode != 0
     assert message in done.stderr
     assert done.stdout == ""
+
+
+def test_replay_runs_the_pool_methods_at_every_budget(tmp_path: Path) -> None:
+    plot = tmp_path / "pool.png"
+    done = run_picker(
+        "replay", DATA / "predictions.npy", DATA / "oracle.npy",
+        "--method", "modelpicker", "model-selector", "coda", "pool-based",
+        "--gamma", "2", "--budget", "10", "40", "--eps", "0.4", "--runs", "3",
+        "--quiet", "--plot", plot,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["method"], r.get("budget")) for r in rows] == [
+        ("modelpicker", None),
+        ("model-selector", 10),
+        ("model-selector", 40),
+        ("coda", 10),
+        ("coda", 40),
+        ("pool-based", 10),
+        ("pool-based", 40),
+    ]
+    assert rows[1]["param"] == 0.4 and rows[3]["param"] == 0.9 and rows[5]["param"] is None
+    assert all(r["labels"] == r["budget"] for r in rows[1:])
+    assert plot.stat().st_size > 1000
+
+
+def test_calibrate_pool_methods_needs_no_labels(pool_files: tuple[Path, Path]) -> None:
+    predictions = pool_files[0]
+    done = run_picker(
+        "calibrate", predictions, "--method", "model-selector", "--budget", "8", "--runs", "4"
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert 0.35 <= result["eps"] <= 0.49 and 0 <= result["identified_vs_majority"] <= 1
+    done = run_picker("calibrate", predictions, "--method", "pool-based", "--budget", "8")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["eps"] is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--method", "coda"], "--method coda needs --budget"),
+        (["--method", "pool-based", "--budget", "10.5"], "whole number of labels"),
+        (["--method", "model-selector", "--budget", "5", "--eps", "0.6"], "--eps must be in"),
+    ],
+)
+def test_bad_pool_flags_give_a_clear_error(
+    pool_files: tuple[Path, Path], extra: list[str], message: str
+) -> None:
+    done = run_picker("replay", *pool_files, *extra, "--quiet")
+    assert done.returncode == 2
+    assert message in done.stderr and done.stdout == ""
+
+
+def test_calibrate_modelpicker_still_needs_the_oracle(pool_files: tuple[Path, Path]) -> None:
+    done = run_picker("calibrate", pool_files[0], "--budget", "10")
+    assert done.returncode == 2 and "needs the oracle file" in done.stderr
