@@ -19,11 +19,13 @@ estimate; for each challenger b, the difference of correct counts D_ab = sum_x d
 mean mu_b and variance sigma_b^2 under r_T, and w_b = Phi(-mu_b / sigma_b) is the
 probability that b is in truth ahead. The next item maximises
 sum_b w_b Var(d_ab(x)) / sigma_b^2: the share of the doubt about each close challenger that
-its label would settle. When every item is labeled the estimate is the exact accuracy.
+its label would settle. When every item is labeled the estimate is the exact accuracy. If
+the belief leaves no doubt at all (every score 0, as when a hundred models agree closely),
+the item is drawn at random among the unlabeled items on which the models disagree.
 
 Everything is a function of the predictions and the set of labels: EM restarts from the
-vote shares with a fixed number of iterations, so the state does not depend on the order
-in which labels arrived. The choice depends only on the predictions and the labels, which
+vote shares with a fixed stopping rule, so the state does not depend on the order in which
+labels arrived. The choice depends only on the predictions and the labels, which
 is what the likelihood conditions on: the design is ignorable for this belief.
 """
 
@@ -38,6 +40,8 @@ from picker.modelpicker import FloatArray
 from picker.pooled import PoolSelector, pick_max
 
 EM_ITERATIONS = 20
+# EM stops early once no responsibility moves by more than this in an iteration.
+EM_TOLERANCE = 1e-6
 MIN_LABELS_FOR_TEMPERATURE = 5
 TEMPERATURES = np.array([1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0])
 STRENGTHS = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 1e6])
@@ -99,7 +103,8 @@ class PoolBased(PoolSelector):
 
     # The belief.
     def _em(self, clamped: np.ndarray, truth: np.ndarray) -> FloatArray:
-        """log r[x, c] after EM_ITERATIONS from the vote shares, `clamped` items fixed."""
+        """log r[x, c] after at most EM_ITERATIONS from the vote shares (fewer once it has
+        converged), `clamped` items fixed: a function of the labels, not of their order."""
         n, k, n_classes = self.n_items, self.n_models, self.n_classes
         resp = self._votes.copy()
         resp[clamped] = 0.0
@@ -117,7 +122,9 @@ class PoolBased(PoolSelector):
             logits = self._cell_gather(log_theta.transpose(0, 2, 1).reshape(k * n_classes, -1))
             log_resp = log_normalise(logits + log_rho)
             log_resp[clamped] = np.where(diagonal[truth[clamped]] > 0, 0.0, -np.inf)
-            resp = np.exp(log_resp)
+            previous, resp = resp, np.exp(log_resp)
+            if float(np.abs(resp - previous).max()) <= EM_TOLERANCE:
+                break
         return log_resp
 
     def _cell_sums(self, resp: FloatArray) -> FloatArray:
@@ -213,6 +220,13 @@ class PoolBased(PoolSelector):
         return result
 
     def choose(self, rng: np.random.Generator) -> int | None:
+        """The best-scored item; when the belief leaves no doubt at all (every score 0),
+        a uniform draw among the unlabeled items on which the models disagree: a certain
+        belief may be certainly wrong, and only labels can tell (they then raise the
+        temperature). None once every disagreement item is labeled."""
         scores = self.item_scores()
-        eligible = self._disagrees & ~self._labeled & (scores > 0)
-        return pick_max(scores, eligible, rng)
+        open_items = self._disagrees & ~self._labeled
+        chosen = pick_max(scores, open_items & (scores > 0), rng)
+        if chosen is None and open_items.any():
+            chosen = int(rng.choice(np.flatnonzero(open_items)))
+        return chosen

@@ -33,11 +33,11 @@ def synthetic_pool(n: int = 800, n_classes: int = 3, seed: int = 0):
 
 def test_pool_based_identification_goes_to_one() -> None:
     pool = synthetic_pool()
-    results = pool_replay(pool, "pool-based", [5, 80, 300], 300, 20, np.random.default_rng(1))
+    results = pool_replay(pool, "pool-based", [2, 150, 300], 300, 20, np.random.default_rng(1))
     identified = [r.identified for r in results]
     assert results[-1].labels < 300  # it stopped: every disagreement item was labeled
-    assert identified[0] < 0.9
-    assert identified[0] < identified[1] < identified[2] == 1.0
+    assert identified[0] < 0.9 <= identified[1]
+    assert identified[2] == 1.0
 
 
 def test_modelpicker_identification_goes_to_one() -> None:

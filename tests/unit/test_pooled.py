@@ -191,3 +191,19 @@ def test_bad_construction_is_refused():
         make_selector("oracle", np.zeros((5, 2), dtype=int))
     with pytest.raises(ValueError, match="version"):
         selector_from_dict({"version": 99})
+
+
+def test_pool_based_keeps_asking_when_the_belief_is_certain():
+    # Thirty models that mostly agree: EM is certain of every item (p_right is 0 or 1),
+    # so no item scores above 0; the selector still draws labels among the disagreement
+    # items, and stops only when every one of them is labeled.
+    rng = np.random.default_rng(4)
+    truth = rng.integers(0, 5, 300)
+    right = rng.random((300, 30)) < np.linspace(0.8, 0.9, 30)
+    predictions = np.where(right, truth[:, None], (truth[:, None] + 1) % 5)
+    selector = PoolBased(predictions, 5)
+    assert np.all(selector.item_scores() == 0)
+    first = selector.choose(rng)
+    assert first is not None and selector.disagreement()[first]
+    label_some(selector, truth, rng, 1000)
+    assert set(selector.labels) == set(np.flatnonzero(selector.disagreement()).tolist())
