@@ -2,7 +2,10 @@
 
 The algorithm as small pure functions over arrays (`picker.modelpicker`), an explicit
 serialisable state (`picker.state`), decisions for live items (`picker.decisions`), the
-baselines (`picker.baselines`) and the offline replay and calibration tools.
+baselines (`picker.baselines`) and the offline replay and calibration tools. The pool-based
+selectors, which re-rank a queue of items after every label, are in `picker.pooled`
+(Model Selector, CODA and pickserve's own `pool-based`) with their replay in
+`picker.pool_replay`.
 """
 
 from picker.baselines import entropy_query_probability, random_query_probability
