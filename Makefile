@@ -40,6 +40,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/replay_speed.py
 	$(BIN)/python benchmarks/lease_backlog.py
+	$(BIN)/python benchmarks/rerank_speed.py
 
 replay-demo: $(STAMP)
 	$(BIN)/python -m picker replay tests/data/benchmarks/emocontext/predictions.npy \
