@@ -148,6 +148,8 @@ def run_replay_command(args: argparse.Namespace) -> list[ReplayResult]:
     budgets = _pool_budgets(args) if pooled else []
     if pooled and not budgets:
         raise PickerInputError(f"--method {pooled[0]} needs --budget (labels per stream)")
+    if args.eps is not None and "model-selector" not in args.method:
+        raise PickerInputError("--eps is model-selector's setting; add --method model-selector")
     if args.eps is not None and not args.eps < 0.5:
         raise PickerInputError(f"--eps must be in (0, 0.5), got {args.eps:g}")
     total = stream_size * len(settings) + max(budgets, default=0) * args.runs * len(pooled)

@@ -154,6 +154,7 @@ def test_calibrate_pool_methods_needs_no_labels(pool_files: tuple[Path, Path]) -
         (["--method", "coda"], "--method coda needs --budget"),
         (["--method", "pool-based", "--budget", "10.5"], "whole number of labels"),
         (["--method", "model-selector", "--budget", "5", "--eps", "0.6"], "--eps must be in"),
+        (["--method", "coda", "--budget", "5", "--eps", "0.4"], "--eps is model-selector's"),
     ],
 )
 def test_bad_pool_flags_give_a_clear_error(
