@@ -17,6 +17,7 @@ import numpy as np
 from picker.data import PickerInputError, Pool, make_pool
 from picker.modelpicker import IntArray
 from picker.pool_replay import pool_replay
+from picker.pooled import vote_counts
 from picker.replay import Method, ReplayResult, replay
 
 GAMMA_LOW = 1e-4
@@ -109,14 +110,7 @@ EPS_GRID = tuple(round(0.35 + 0.01 * i, 2) for i in range(15))
 
 def majority_vote(predictions: IntArray) -> IntArray:
     """The class most models predict on each item (the smallest such class on a tie)."""
-    n_classes = int(predictions.max()) + 1
-    votes = np.zeros((predictions.shape[0], n_classes), dtype=np.int64)
-    np.add.at(
-        votes,
-        (np.repeat(np.arange(predictions.shape[0]), predictions.shape[1]), predictions.ravel()),
-        1,
-    )
-    result: IntArray = votes.argmax(axis=1)
+    result: IntArray = vote_counts(predictions, int(predictions.max()) + 1).argmax(axis=1)
     return result
 
 

@@ -134,8 +134,7 @@ def _stream_size(args: argparse.Namespace, pool: Pool) -> int:
     return size
 
 
-def _pool_budgets(args: argparse.Namespace) -> list[int]:
-    budgets = args.budget or []
+def _whole_labels(budgets: Sequence[float]) -> list[int]:
     if any(b != int(b) for b in budgets):
         raise PickerInputError("--budget for the pool methods is a whole number of labels")
     return [int(b) for b in budgets]
@@ -145,7 +144,7 @@ def run_replay_command(args: argparse.Namespace) -> list[ReplayResult]:
     pool = load_pool(args.predictions, args.oracle)
     stream_size, settings = _stream_size(args, pool), _settings(args)
     pooled = [m for m in args.method if m in POOL_METHODS]
-    budgets = _pool_budgets(args) if pooled else []
+    budgets = _whole_labels(args.budget or []) if pooled else []
     if pooled and not budgets:
         raise PickerInputError(f"--method {pooled[0]} needs --budget (labels per stream)")
     if args.eps is not None and "model-selector" not in args.method:
@@ -204,10 +203,9 @@ def run_calibrate_command(args: argparse.Namespace) -> None:
     else:
         pool = load_pool(args.predictions, args.oracle)
     if args.method in POOL_METHODS:
-        if args.budget != int(args.budget):
-            raise PickerInputError("--budget for the pool methods is a whole number of labels")
+        (budget,) = _whole_labels([args.budget])
         forecast = calibrate_pool(
-            pool, args.method, int(args.budget), _stream_size(args, pool), args.runs, args.seed
+            pool, args.method, budget, _stream_size(args, pool), args.runs, args.seed
         )
         print(json.dumps(forecast), flush=True)
         return

@@ -32,7 +32,7 @@ from typing import ClassVar
 import numpy as np
 
 from picker.modelpicker import BoolArray, FloatArray, IntArray
-from picker.pooled import PoolSelector, pick_max
+from picker.pooled import PoolSelector, pick_max, vote_counts
 
 GRID_POINTS = 256
 MULTIPLIER = 2.0
@@ -109,9 +109,7 @@ def diagonal_betas(dirichlets: FloatArray) -> tuple[FloatArray, FloatArray]:
 def consensus_prior(predictions: IntArray, n_classes: int, alpha: float) -> FloatArray:
     """m (B + (1 - alpha) M_h): the Dirichlets before any label, shape (k, C, C)."""
     n, k = predictions.shape
-    votes = np.zeros((n, n_classes))
-    np.add.at(votes, (np.repeat(np.arange(n), k), predictions.ravel()), 1.0)
-    consensus = votes.argmax(axis=1)
+    consensus = vote_counts(predictions, n_classes).argmax(axis=1)
     counts = np.zeros((k, n_classes, n_classes))
     np.add.at(counts, (np.tile(np.arange(k), n), np.repeat(consensus, k), predictions.ravel()), 1.0)
     confusion = counts / np.maximum(counts.sum(axis=2, keepdims=True), 1e-6)
@@ -139,7 +137,6 @@ class Coda(PoolSelector):
             self._patterns.append(unique)
             self._pattern_of.append(inverse.reshape(-1).astype(np.int64))
         self._models = np.arange(self.n_models)
-        self._refresh()
 
     def _refresh(self) -> None:
         self.dirichlets = self._prior.copy()

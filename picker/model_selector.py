@@ -67,7 +67,6 @@ class ModelSelector(PoolSelector):
         self.g = (1.0 - eps) / eps
         self._compact = compact_classes(self.predictions)
         self._disagrees = self.disagreement()
-        self._correct = np.zeros(self.n_models, dtype=np.int64)
 
     def _refresh(self) -> None:
         self._correct = self.correct_counts()

@@ -37,7 +37,7 @@ from typing import ClassVar
 import numpy as np
 
 from picker.modelpicker import FloatArray
-from picker.pooled import PoolSelector, pick_max
+from picker.pooled import PoolSelector, pick_max, vote_counts
 
 EM_ITERATIONS = 20
 # EM stops early once no responsibility moves by more than this in an iteration.
@@ -83,9 +83,7 @@ class PoolBased(PoolSelector):
         if self.param is not None and not self.param >= 1.0:
             raise ValueError(f"pool-based takes a fixed temperature >= 1, got {self.param}")
         n, k, n_classes = self.n_items, self.n_models, self.n_classes
-        votes = np.zeros((n, n_classes))
-        np.add.at(votes, (np.repeat(np.arange(n), k), self.predictions.ravel()), 1.0)
-        self._votes = votes / k
+        self._votes = vote_counts(self.predictions, n_classes) / k
         self._cells = (np.arange(k)[None, :] * n_classes + self.predictions).ravel()
         # One-hot (item, model x class) as a dense matrix when it is small enough: EM is
         # then two matrix products per iteration.
@@ -95,11 +93,13 @@ class PoolBased(PoolSelector):
             onehot[np.repeat(np.arange(n), k), self._cells] = 1.0
             self._onehot = onehot
         self._disagrees = self.disagreement()
-        _, pattern_of = np.unique(self.predictions, axis=0, return_inverse=True)
+        _, first, pattern_of = np.unique(
+            self.predictions, axis=0, return_index=True, return_inverse=True
+        )
         self._pattern_of = pattern_of.reshape(-1).astype(np.int64)
-        self._n_patterns = int(self._pattern_of.max()) + 1
+        self._pattern_first = first.astype(np.int64)  # an item of each pattern
+        self._n_patterns = int(first.size)
         self._label_free = self._em(np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64))
-        self._refresh()
 
     # The belief.
     def _em(self, clamped: np.ndarray, truth: np.ndarray) -> FloatArray:
@@ -179,9 +179,7 @@ class PoolBased(PoolSelector):
         counts = self._pattern_counts()
         seen = np.flatnonzero(counts.sum(axis=1) > 0)
         counts = counts[seen]
-        first_item = np.zeros(self._n_patterns, dtype=np.int64)
-        first_item[self._pattern_of[::-1]] = np.arange(self.n_items)[::-1]
-        forecasts = self._label_free[first_item[seen]]
+        forecasts = self._label_free[self._pattern_first[seen]]
         totals = counts.sum(axis=1)
         strengths = STRENGTHS[:, None]
         # log of the evidence's normaliser per strength: sum over patterns of

@@ -18,7 +18,7 @@ import numpy as np
 
 from picker.data import Pool
 from picker.pooled import make_selector
-from picker.replay import ProgressCallback, ReplayResult, draw_streams
+from picker.replay import ProgressCallback, ReplayResult, draw_streams, identification
 
 
 def pool_replay(
@@ -58,17 +58,16 @@ def pool_replay(
                     on_step(1)
             returned[run, column] = selector.best(rng)
             used[run, column] = labels
-    fewest = stream_errors.min(axis=1)
     results = []
     for column, budget in enumerate(ordered):
-        chosen = stream_errors[np.arange(runs), returned[:, column]]
+        identified, gap = identification(returned[:, column], stream_errors, stream_size)
         results.append(
             ReplayResult(
                 method=method,
                 param=setting,
                 labels=float(used[:, column].mean()),
-                identified=float(np.mean(chosen == fewest)),
-                gap=float(np.mean(100.0 * (chosen - fewest) / stream_size)),
+                identified=identified,
+                gap=gap,
                 runs=runs,
                 budget=budget,
             )

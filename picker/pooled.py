@@ -62,8 +62,7 @@ class PoolSelector(ABC):
             self._check_label(int(item), int(label))
             self.labels[int(item)] = int(label)
             self._labeled[int(item)] = True
-        if self.labels:
-            self._refresh()
+        self._refresh()
 
     @property
     def n_items(self) -> int:
@@ -118,7 +117,7 @@ class PoolSelector(ABC):
     # What each method supplies.
     @abstractmethod
     def _prepare(self) -> None:
-        """Derive what depends on the predictions alone (called once)."""
+        """Derive what depends on the predictions alone (called once, before `_refresh`)."""
 
     def _on_label(self, item: int, label: int) -> None:
         """Update the derived belief after one new label (default: from scratch)."""
@@ -141,6 +140,14 @@ class PoolSelector(ABC):
         scores = self.accuracies()
         top = np.flatnonzero(scores >= scores.max() - 1e-12)
         return int(top[0] if top.size == 1 else rng.choice(top))
+
+
+def vote_counts(predictions: IntArray, n_classes: int) -> FloatArray:
+    """(items, classes): how many models predict each class on each item."""
+    n, k = predictions.shape
+    votes = np.zeros((n, n_classes))
+    np.add.at(votes, (np.repeat(np.arange(n), k), predictions.ravel()), 1.0)
+    return votes
 
 
 def pick_max(

@@ -155,18 +155,27 @@ def run_replay(
     )
 
 
+def identification(
+    returned: IntArray, stream_errors: IntArray, stream_size: int
+) -> tuple[float, float]:
+    """(identification probability, accuracy gap in points) of the models returned per
+    realisation, against the fewest mistakes on each realisation's stream."""
+    fewest = stream_errors.min(axis=1)
+    chosen = stream_errors[np.arange(returned.shape[0]), returned]
+    gap = float(np.mean(100.0 * (chosen - fewest) / stream_size))
+    return float(np.mean(chosen == fewest)), gap
+
+
 def summarise(outcome: ReplayOutcome, method: str, param: float) -> ReplayResult:
     """Identification probability, accuracy gap (points) and mean labels over realisations."""
-    runs = outcome.returned.shape[0]
-    fewest = outcome.stream_errors.min(axis=1)
-    chosen = outcome.stream_errors[np.arange(runs), outcome.returned]
+    identified, gap = identification(outcome.returned, outcome.stream_errors, outcome.stream_size)
     return ReplayResult(
         method=method,
         param=float(param),
         labels=float(outcome.labels.mean()),
-        identified=float(np.mean(chosen == fewest)),
-        gap=float(np.mean(100.0 * (chosen - fewest) / outcome.stream_size)),
-        runs=runs,
+        identified=identified,
+        gap=gap,
+        runs=outcome.returned.shape[0],
     )
 
 
