@@ -46,6 +46,9 @@ MIN_LABELS_FOR_TEMPERATURE = 5
 TEMPERATURES = np.array([1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0])
 STRENGTHS = np.array([0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 1e6])
 _NORMAL_SQRT2 = math.sqrt(2.0)
+# Joint draws behind P(best) (`PoolBased.p_best`).
+P_BEST_DRAWS = 1000
+_P_BEST_CELLS = 2_000_000  # draws x patterns x classes held at once
 # Largest items x models x classes for the dense one-hot matrix (8 bytes each).
 _DENSE_LIMIT = 8_000_000
 
@@ -157,7 +160,12 @@ class PoolBased(PoolSelector):
         # Items with the same predictions share P(y | predictions): the labels among them
         # update it as counts on a Dirichlet whose mean is the calibrated EM belief.
         counts = self._pattern_counts()[self._pattern_of]
-        self.resp = (self.strength * prior + counts) / (self.strength + counts.sum(axis=1))[:, None]
+        alpha = self.strength * prior + counts
+        self.resp = alpha / (self.strength + counts.sum(axis=1))[:, None]
+        # The Dirichlet of each pattern's unlabeled items (the same for all of them).
+        unlabeled = ~self._labeled
+        self._pattern_alpha = np.ones((self._n_patterns, self.n_classes))
+        self._pattern_alpha[self._pattern_of[unlabeled]] = alpha[unlabeled]
         self.resp[self._labeled] = 0.0
         self.resp[self._labeled, truth[self._labeled]] = 1.0
         # P(model h is right on x), exact (0 or 1) on labeled items.
@@ -197,6 +205,45 @@ class PoolBased(PoolSelector):
 
     def accuracies(self) -> FloatArray:
         result: FloatArray = self.p_right.mean(axis=0)
+        return result
+
+    def p_best(self, rng: np.random.Generator, draws: int = P_BEST_DRAWS) -> FloatArray:
+        """P(model h has the most correct predictions on the pool) under the belief, by
+        `draws` joint draws of the unlabeled items' classes: per prediction pattern, its
+        items' class counts from the pattern's Dirichlet-multinomial (for a pattern of one
+        item, a class drawn from the Dirichlet's mean, which is the same distribution).
+        Labeled items count exactly; a tie splits its draw evenly. Sums to 1; one-hot on
+        the true best once every item is labeled."""
+        k, n_classes = self.n_models, self.n_classes
+        waiting = np.bincount(self._pattern_of[~self._labeled], minlength=self._n_patterns)
+        single, multi = np.flatnonzero(waiting == 1), np.flatnonzero(waiting > 1)
+        alpha = self._pattern_alpha
+        cumulative = np.cumsum(alpha[single] / alpha[single].sum(axis=1, keepdims=True), axis=1)
+        single_predicted = self.predictions[self._pattern_first[single]]
+        # right[pattern x class, h] = 1 where h predicts that class on that pattern
+        right = np.zeros((multi.size * n_classes, k))
+        multi_predicted = self.predictions[self._pattern_first[multi]]
+        right[(np.arange(multi.size)[:, None] * n_classes + multi_predicted).ravel(),
+              np.tile(np.arange(k), multi.size)] = 1.0  # fmt: skip
+        cells = max(single.size * max(k, n_classes), multi.size * n_classes, 1)
+        chunk = max(1, _P_BEST_CELLS // cells)
+        correct = self.correct_counts().astype(np.float64)
+        wins = np.zeros(k)
+        for start in range(0, draws, chunk):
+            size = min(chunk, draws - start)
+            totals = np.broadcast_to(correct, (size, k)).copy()
+            if single.size:
+                uniform = rng.random((size, single.size, 1))
+                classes = (uniform > cumulative[None, :, :-1]).sum(axis=2)
+                totals += (classes[:, :, None] == single_predicted[None]).sum(axis=1)
+            if multi.size:
+                shares = rng.gamma(np.broadcast_to(alpha[multi], (size, multi.size, n_classes)))
+                shares /= np.maximum(shares.sum(axis=2, keepdims=True), 1e-300)
+                counts = rng.multinomial(waiting[multi], shares)
+                totals += counts.reshape(size, -1) @ right
+            top = totals >= totals.max(axis=1, keepdims=True) - 1e-9
+            wins += (top / top.sum(axis=1, keepdims=True)).sum(axis=0)
+        result: FloatArray = wins / draws
         return result
 
     # The choice.

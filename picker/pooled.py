@@ -92,8 +92,7 @@ class PoolSelector(ABC):
 
     def disagreement(self) -> npt.NDArray[np.bool_]:
         """Items on which the models do not all predict the same class."""
-        result: npt.NDArray[np.bool_] = (self.predictions != self.predictions[:, :1]).any(axis=1)
-        return result
+        return disagreeing(self.predictions)
 
     def correct_counts(self) -> IntArray:
         """Each model's number of correct predictions on the labeled items."""
@@ -140,6 +139,12 @@ class PoolSelector(ABC):
         scores = self.accuracies()
         top = np.flatnonzero(scores >= scores.max() - 1e-12)
         return int(top[0] if top.size == 1 else rng.choice(top))
+
+
+def disagreeing(predictions: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.bool_]:
+    """Per item (row): do the models (columns) not all predict the same class?"""
+    result: npt.NDArray[np.bool_] = (predictions != predictions[:, :1]).any(axis=1)
+    return result
 
 
 def vote_counts(predictions: IntArray, n_classes: int) -> FloatArray:

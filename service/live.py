@@ -9,14 +9,16 @@ in as `now`; nothing here reads a clock or holds policy of its own.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from service import pool_rules, rules
+from service.belief import BeliefCache
 from service.drift import DriftConfig
 from service.rules import (
     COUNTERS,
@@ -31,6 +33,7 @@ from service.rules import (
     Tally,
     audit_key,
     item_key,
+    pool_key,
     queue_key,
     tally_key,
 )
@@ -56,9 +59,13 @@ class LabelResult:
 
 
 class LiveState:
-    def __init__(self, backend: Backend, retention: Retention | None = None) -> None:
+    def __init__(
+        self, backend: Backend, retention: Retention | None = None, n_classes: int | None = None
+    ) -> None:
         self.backend = backend
         self.retention = retention or Retention()
+        self.beliefs = BeliefCache(backend, n_classes)  # pool-based rounds (service.belief)
+        self._rng = np.random.default_rng()
 
     def _read(self, key: str) -> Doc | None:
         return self.backend.read([key]).get(key)
@@ -77,16 +84,20 @@ class LiveState:
     # ---- start-up and reads --------------------------------------------------------------
 
     def initialise(
-        self, models: Sequence[str], served: int, budget: int | None, now: float
-    ) -> None:
+        self, models: Sequence[str], served: int, budget: int | None, now: float,
+        selector: str = rules.MODELPICKER,
+    ) -> None:  # fmt: skip
         """Create the state in one atomic step unless it exists; refuse another pool's."""
-        self.backend.commit(rules.initialise(new_op("init"), models, served, budget, now))
+        txn = rules.initialise(new_op("init"), models, served, budget, now, selector)
+        self.backend.commit(txn)
         meta = self._read(META)
         if meta is None:
             raise StoreError("the store lost its state right after creating it")
         rules.check_pool(rules.Meta.from_dict(meta.value), models, "the store")
 
-    def selection(self, recent_swaps: int = RECENT_SWAPS) -> Selection:
+    def selection(self, recent_swaps: int = RECENT_SWAPS, belief: bool = True) -> Selection:
+        """The current view; in a pool-based round with the belief's posterior unless
+        `belief` is False (for rules that do not look at the posterior)."""
         for _ in range(_MAX_ATTEMPTS):
             meta = self._read(META)
             if meta is None:
@@ -94,7 +105,11 @@ class LiveState:
             tally = self._read(tally_key(int(meta.value["round"])))
             if tally is not None and not tally.value["closed"]:
                 swaps = self.backend.log(SWAPS, recent_swaps) if recent_swaps > 0 else []
-                return rules.selection(meta, tally, swaps)
+                current = rules.selection(meta, tally, swaps)
+                if belief and current.pooled:
+                    posterior = self.beliefs.belief(current).posterior
+                    current = replace(current, posterior=posterior)
+                return current
         raise StoreError("the round kept changing while it was read")
 
     # ---- observing live items ------------------------------------------------------------
@@ -107,6 +122,7 @@ class LiveState:
         rng: np.random.Generator,
         now: float,
         drift_config: DriftConfig | None = None,
+        pool_max_items: int = 20_000,
     ) -> Observed:
         """Count the batch into t and queue the items the picker chooses (and into the drift
         monitor); returns what it observed. Repeating `op` is a no-op that returns the
@@ -114,12 +130,11 @@ class LiveState:
         keys = [item_key(i) for i in batch.item_ids]
 
         def attempt() -> tuple[Txn | None, Any]:
-            current = self.selection(recent_swaps=0)
+            current = self.selection(recent_swaps=0, belief=False)
             found = self.backend.read(keys)
             existing = {i for i, key in zip(batch.item_ids, keys, strict=True) if key in found}
-            return rules.observe_batch(
-                op, current, existing, batch, gamma, rng, now, self.retention, drift_config
-            )
+            return rules.observe_batch(op, current, existing, batch, gamma, rng, now,
+                                       self.retention, drift_config, pool_max_items)  # fmt: skip
 
         committed, observed = self._transact(attempt)
         if committed.status == "replayed":
@@ -130,27 +145,64 @@ class LiveState:
 
     def lease(self, limit: int, now: float, lease_s: float, ttl_s: float) -> list[Item]:
         """Hand out up to `limit` items nobody holds, for lease_s; items found dead (labeled,
-        expired, gone) leave the queue. Cost: log(queue) + limit per pass, 3 passes at most."""
-        round_number = self.selection(recent_swaps=0).picker.round
+        expired, gone) leave the queue. ModelPicker's queue goes oldest first (cost:
+        log(queue) + limit per pass, 3 passes at most); a pool-based round's in its
+        belief's order (`_lease_ranked`)."""
+        current = self.selection(recent_swaps=0, belief=False)
+        if current.pooled:
+            return self._lease_ranked(current, limit, now, lease_s, ttl_s)
+        round_number = current.picker.round
         queue = queue_key(round_number)
         lowest, highest = rules.lease_window(now, ttl_s)
         leased: list[Item] = []
         for _ in range(3):
             wanted = limit - len(leased)
             ids = self.backend.take(queue, lowest, highest, wanted, now + lease_s)
-            docs = self.backend.read([item_key(i) for i in ids])
-            dead = []
-            for item_id in ids:
-                doc = docs.get(item_key(item_id))
-                item = None if doc is None else Item.from_dict(item_id, doc.value)
-                if item is not None and rules.leasable(item, round_number, now, ttl_s):
-                    leased.append(item)
-                else:
-                    dead.append(item_id)
-            if dead:
-                self.backend.commit(Txn(new_op("prune"), pull={queue: dead}))
+            leased += self._live_items(queue, ids, round_number, now, ttl_s)
             if len(ids) < wanted or len(leased) >= limit:
                 break
+        return leased
+
+    def _live_items(
+        self, queue: str, ids: Sequence[str], round_number: int, now: float, ttl_s: float
+    ) -> list[Item]:
+        """The items among `ids` a labeler may have; the others leave the queue."""
+        docs = self.backend.read([item_key(i) for i in ids])
+        alive, dead = [], []
+        for item_id in ids:
+            doc = docs.get(item_key(item_id))
+            item = None if doc is None else Item.from_dict(item_id, doc.value)
+            if item is not None and rules.leasable(item, round_number, now, ttl_s):
+                alive.append(item)
+            else:
+                dead.append(item_id)
+        if dead:
+            self.backend.commit(Txn(new_op("prune"), pull={queue: dead}))
+        return alive
+
+    def _lease_ranked(
+        self, current: Selection, limit: int, now: float, lease_s: float, ttl_s: float
+    ) -> list[Item]:
+        """A pool-based round: the belief (re-derived with every label) ranks the round's
+        unlabeled items, and the best-ranked ones nobody holds are claimed in that order.
+        With a label budget, no more are handed out than the labels it has left, less the
+        items leased now. Cost: the belief's update plus the ranked items walked."""
+        picker = current.picker
+        queue = queue_key(picker.round)
+        lowest, highest = rules.lease_window(now, ttl_s)
+        if picker.budget is not None:
+            held = self.backend.count(queue, math.nextafter(now, math.inf))
+            limit = min(limit, max(0, picker.budget - picker.labels - held))
+        if limit <= 0:
+            return []
+        ranked = self.beliefs.belief(current).ranking(self._rng)
+        leased: list[Item] = []
+        start = 0
+        while len(leased) < limit and start < len(ranked):
+            wanted = ranked[start : start + limit - len(leased)]
+            start += len(wanted)
+            claimed = self.backend.claim(queue, wanted, lowest, highest, now + lease_s)
+            leased += self._live_items(queue, claimed, picker.round, now, ttl_s)
         return leased
 
     def renew(
@@ -161,7 +213,7 @@ class LiveState:
         keys = {i: item_key(i) for i in item_ids}
 
         def attempt() -> tuple[Txn | None, Any]:
-            current = self.selection(recent_swaps=0)
+            current = self.selection(recent_swaps=0, belief=False)
             found = self.backend.read(list(keys.values()))
             items = {i: found.get(key) for i, key in keys.items()}
             return rules.renew_leases(op, current, items, now, lease_s, ttl_s)
@@ -197,13 +249,13 @@ class LiveState:
     def queue_depth(self, now: float, ttl_s: float) -> int:
         """Items of the current round queued within the TTL and not yet labeled, whether a
         labeler holds them or not (one definition for every store)."""
-        round_number = self.selection(recent_swaps=0).picker.round
+        round_number = self.selection(recent_swaps=0, belief=False).picker.round
         return self.backend.count(queue_key(round_number), rules.lease_window(now, ttl_s)[0])
 
     def waiting(self, now: float, ttl_s: float) -> int:
         """Items of the current round a labeler could lease now: queued within the TTL, not
         labeled, and not held by a lease (what shadow pacing looks at)."""
-        round_number = self.selection(recent_swaps=0).picker.round
+        round_number = self.selection(recent_swaps=0, belief=False).picker.round
         lowest, highest = rules.lease_window(now, ttl_s)
         return self.backend.count(queue_key(round_number), lowest, highest)
 
@@ -216,13 +268,14 @@ class LiveState:
         now: float,
         started_by: Mapping[str, Any] | None = None,
         if_round: int | None = None,
+        selector: str | None = None,
     ) -> int:
         """A new round (see `rules.new_round`); returns the current round after it."""
 
         def attempt() -> tuple[Txn | None, Any]:
             current = self.selection(recent_swaps=0)
             return rules.new_round(op, current, budget, now, self.retention.rounds_kept,
-                                   started_by, if_round)  # fmt: skip
+                                   started_by, if_round, selector)  # fmt: skip
 
         committed, new_round = self._transact(attempt)
         return int(committed.result if committed.status == "replayed" else new_round)
@@ -231,15 +284,29 @@ class LiveState:
         """A new round with the deployment's budget, recording the drift evidence; one per
         drifted round however many replicas saw it (the op and `if_round` say which)."""
         round_number = int(evidence["round"])
-        budget = self.selection(recent_swaps=0).meta.config_budget
+        budget = self.selection(recent_swaps=0, belief=False).meta.config_budget
         return self.start_round(f"drift:{round_number}", budget, now,
                                 {"reason": "drift", **evidence}, round_number)  # fmt: skip
 
+    def apply_config_selector(self, selector: str, now: float) -> int:
+        """The deployment's selector: if the current round runs another, a new round
+        starts with it (one, however many replicas see the change: the op names the round
+        and the selector); returns the current round after it."""
+        current = self.selection(recent_swaps=0, belief=False)
+        if current.tally.selector == selector:
+            return current.picker.round
+        round_number = current.picker.round
+        return self.start_round(f"selector:{round_number}:{selector}", current.meta.config_budget,
+                                now, {"reason": "selector", "selector": selector}, round_number,
+                                selector)  # fmt: skip
+
     def set_budget(self, op: str, budget: int | None) -> None:
-        self._transact(lambda: (rules.set_budget(op, self.selection(0), budget), None))
+        self._transact(lambda: (rules.set_budget(op, self.selection(0, False), budget), None))
 
     def apply_config_budget(self, op: str, budget: int | None) -> None:
-        self._transact(lambda: (rules.apply_config_budget(op, self.selection(0), budget), None))
+        self._transact(
+            lambda: (rules.apply_config_budget(op, self.selection(0, False), budget), None)
+        )
 
     def reconcile(
         self,
@@ -266,7 +333,7 @@ class LiveState:
         from service import canary
 
         def attempt() -> tuple[Txn | None, Any]:
-            current = self.selection(recent_swaps=0)
+            current = self.selection(recent_swaps=0, belief=False)
             if verdict == "rollback":
                 return canary.rollback(new_op("canary"), current, key, now, why)
             return canary.advance(new_op("canary"), current, key, steps, now, why)
@@ -275,12 +342,22 @@ class LiveState:
 
     # ---- candidates at run time ------------------------------------------------------------
 
-    def pending_items(self, round_number: int) -> dict[str, Doc]:
-        """The round's queued items still waiting for a label (their documents)."""
-        ids = self.backend.members(queue_key(round_number), PENDING_LIMIT)
+    def pending_items(self, current: Selection) -> dict[str, Doc]:
+        """The round's items whose predictions follow the pool (their documents): those
+        queued and waiting for a label, or in a pool-based round every item of its pool
+        (labeled ones too: its belief is derived from them)."""
+        round_number = current.picker.round
+        if current.pooled:
+            ids = self.backend.members(pool_key(round_number), PENDING_LIMIT)
+        else:
+            ids = self.backend.members(queue_key(round_number), PENDING_LIMIT)
         docs = self.backend.read([item_key(i) for i in ids])
         found = {i: docs.get(item_key(i)) for i in ids}
-        return {i: d for i, d in found.items() if d is not None and d.value["status"] == "pending"}
+        return {
+            i: d
+            for i, d in found.items()
+            if d is not None and (current.pooled or d.value["status"] == "pending")
+        }
 
     def add_candidate(
         self, op: str, name: str, classes_of: Callable[[np.ndarray], np.ndarray], now: float
@@ -289,7 +366,7 @@ class LiveState:
         the new candidate's predicted class per row. Returns its loss and label count."""
 
         def attempt() -> tuple[Txn | None, Any]:
-            current = self.selection(recent_swaps=0)
+            current = self.selection(recent_swaps=0, belief=False)
             if name in current.meta.models:
                 raise StoreError(f"candidate {name!r} is already in the pool")
             labeled = self.backend.log(audit_key(current.picker.round), self.retention.audit_cap)
@@ -299,7 +376,7 @@ class LiveState:
                     f"{current.picker.labels} labels with their q (PICKSERVE_LABEL_AUDIT_CAP, "
                     "or labels stored before it kept q): start a new round to add a candidate"
                 )
-            pending = self.pending_items(current.picker.round)
+            pending = self.pending_items(current)
             rows = [e["instance"] for e in labeled] + [
                 d.value["instance"] for d in pending.values()
             ]
@@ -323,7 +400,7 @@ class LiveState:
             current = self.selection(recent_swaps=0)
             if name not in current.meta.models:
                 raise StoreError(f"candidate {name!r} is not in the pool")
-            pending = self.pending_items(current.picker.round)
+            pending = self.pending_items(current)
             index = current.meta.models.index(name)
             txn = pool_rules.remove_candidate(op, current, index, pending, now)
             return txn, txn.result
@@ -342,11 +419,17 @@ class LiveState:
         numbers = list(range(current, max(current - last, -1), -1))
         tallies = self.backend.read([tally_key(r) for r in numbers])
         swaps = self.backend.log(SWAPS, self.retention.log_cap)
-        return [
+        records = [
             RoundRecord(r, Tally.from_dict(tallies[tally_key(r)].value),
                         [s for s in swaps if s.get("round") == r])
             for r in numbers if tally_key(r) in tallies
         ]  # fmt: skip
+        if records and records[0].tally.pooled and not records[0].tally.closed:
+            live = self.selection(recent_swaps=0)  # the current round: its belief now
+            if live.picker.round == records[0].number:
+                tally = replace(records[0].tally, posterior=live.posterior)
+                records[0] = replace(records[0], tally=tally)
+        return records
 
     def audit(self, round_number: int, last: int) -> list[dict[str, Any]] | None:
         """The newest `last` labels of a kept round, oldest first (None: not kept)."""
@@ -365,7 +448,7 @@ class LiveState:
     def maintain(self, now: float, ttl_s: float) -> int:
         """Bounded upkeep: drop expired entries from the current queue, forget expired
         records. Returns how many things were removed."""
-        round_number = self.selection(recent_swaps=0).picker.round
+        round_number = self.selection(recent_swaps=0, belief=False).picker.round
         below = rules.lease_window(now, ttl_s)[0]
         trimmed = self.backend.trim(queue_key(round_number), below, MAINTENANCE_BATCH)
         return trimmed + self.backend.purge(MAINTENANCE_BATCH)

@@ -129,7 +129,7 @@ def _latency_family(stored: Mapping[str, float]) -> Metric:
 
 def _state_families(selection: Selection, queue_depth: int, store_up: bool) -> Iterable[Metric]:
     names = selection.model_names
-    weights = selection.picker.weights()
+    weights = selection.weights()
     best = selection.best
     indices = range(len(names))
     gauges: list[tuple[str, str, Iterable[float]]] = [

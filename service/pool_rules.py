@@ -111,7 +111,7 @@ def remove_candidate(
                 "round": picker.round, "trigger_item": None}]  # fmt: skip
     served, version = _without(meta.served, removed), meta.version
     if meta.served == removed:
-        served, version = int(np.argmax(picker.weights())), version + 1
+        served, version = int(np.argmax(np.delete(current.weights(), removed))), version + 1
         records.append(swap_record(current, "swap", meta.served, now, None,
                                    via="removal") | {"to_model": models[served]})  # fmt: skip
     monitor = tally.monitor

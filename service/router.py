@@ -73,7 +73,8 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
                         settings.model_threads)
             if settings.serve_from == "router" else None
         )  # fmt: skip
-        self.state = LiveState(open_backend(settings), retention(settings))
+        self.state = LiveState(open_backend(settings), retention(settings),
+                               len(self.pool.class_names))  # fmt: skip
         self.runtime = ReplicaRuntime(self.state, settings.selection_refresh_s)
         self.server = Server(self.names, runner, candidates, self.runtime.counters,
                              settings.model_timeout_s)  # fmt: skip
@@ -81,7 +82,8 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
         self.canary_stats = CanaryStats()
         self.runtime.also_every(self._canary_tick, settings.selection_refresh_s)
         self.runtime.also_every(self.sync_pool, settings.selection_refresh_s)
-        await self.runtime.run_store(self.state.initialise, self.names, initial, None, time.time())
+        await self.runtime.run_store(self.state.initialise, self.names, initial, None,
+                                     time.time(), settings.knobs.selector)  # fmt: skip
         await self.runtime.refresh()
         self.rng = np.random.default_rng()
         self.shadow = ShadowEvaluator(

@@ -55,7 +55,7 @@ class InferenceRoutes(RouterBase):
                 answer = await self._canary_answer(canary, selection, features)
             else:
                 answer = await self.server.answer(
-                    selection.served, selection.picker.weights, features, knobs.failover
+                    selection.served, selection.weights, features, knobs.failover
                 )
         except ModelError as failure:
             raise HTTPException(503, str(failure)) from None
@@ -74,7 +74,7 @@ class InferenceRoutes(RouterBase):
         except ModelError:
             self.canary_stats.record(key, False, 0.0)
             return await self.server.answer(
-                selection.served, selection.picker.weights, features, self.knobs.failover
+                selection.served, selection.weights, features, self.knobs.failover
             )
         self.canary_stats.record(key, True, (time.perf_counter() - started) * 1000)
         return Answer(int(canary["to"]), probabilities)

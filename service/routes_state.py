@@ -49,8 +49,8 @@ class StateRoutes(RouterBase):
         picker = selection.picker
         return schemas.Selection(
             round=picker.round, step=picker.step, queries=picker.queries, labels=picker.labels,
-            label_budget=picker.budget,
-            posterior=dict(zip(self.names, picker.weights().tolist(), strict=True)),
+            label_budget=picker.budget, selector=selection.tally.selector,  # type: ignore[arg-type]
+            posterior=dict(zip(self.names, selection.weights().tolist(), strict=True)),
             losses=dict(zip(self.names, picker.losses, strict=True)),
             best_model=self.names[selection.best],
             served_model=self.names[selection.served], selection_version=selection.version,
@@ -94,7 +94,7 @@ class StateRoutes(RouterBase):
                 round=record.number, started_at=record.tally.started_at,
                 ended_at=record.tally.ended_at, label_budget=picker.budget, step=picker.step,
                 queries=picker.queries, labels=picker.labels,
-                posterior=dict(zip(self.names, picker.weights().tolist(), strict=True)),
+                posterior=dict(zip(self.names, record.tally.weights().tolist(), strict=True)),
                 best_model=self.names[record.best],
                 swaps=[schemas.SwapRecord.model_validate(s) for s in record.swaps],
                 started_by=None if record.tally.started_by is None

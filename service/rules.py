@@ -2,8 +2,11 @@
 
 The state is a handful of documents: `meta` (the pool, the served model and its version,
 the current round, the deployment's label budget last applied), one `tally:{round}` per
-round (the picker's `PickerState`, and whether the round is closed), one `item:{id}` per
-queued item, and a queue `queue:{round}` of item ids scored by when they become available.
+round (the picker's `PickerState`, its selector, and whether the round is closed), one
+`item:{id}` per queued item, and a queue `queue:{round}` of item ids scored by when they
+become available. A pool-based round also keeps `pool:{round}`, every item that joined its
+pool (labeled, waiting or expired), and `labeled:{round}`, its labeled items: the belief
+(`service.belief`) is derived from those items' documents and nothing else.
 A rule takes the documents a transition read and returns the `Txn` that a store applies
 atomically, with compare-and-set on every document the decision read (and an answer for
 the caller). No I/O, no clock, no randomness of its own: time and the random generator
@@ -31,6 +34,7 @@ from picker import (
     record_queries,
     served_model,
 )
+from picker.pooled import disagreeing
 from service import drift
 from service.drift import DriftConfig, Monitor
 from service.store.base import AUDIT_PREFIX, Doc, Put, Retention, StoreError, Txn
@@ -42,6 +46,7 @@ META, COUNTERS, SWAPS = "meta", "counters", "swaps"
 QUERIES_COUNTER, ACCEPTED_COUNTER, SWAPS_COUNTER = "queries", "labels|accepted", "swaps"
 DRIFT_COUNTER = "drift_events"
 LabelOutcome = Literal["accepted", "duplicate", "unknown"]
+MODELPICKER, POOL_BASED = "modelpicker", "pool-based"
 
 
 def tally_key(round_number: int) -> str:
@@ -54,6 +59,16 @@ def queue_key(round_number: int) -> str:
 
 def item_key(item_id: str) -> str:
     return f"item:{item_id}"
+
+
+def pool_key(round_number: int) -> str:
+    """A pool-based round's pool: every item that joined it, scored by when it did."""
+    return f"pool:{round_number}"
+
+
+def labeled_key(round_number: int) -> str:
+    """A pool-based round's labeled items, scored by the round's label count after each."""
+    return f"labeled:{round_number}"
 
 
 def audit_key(round_number: int) -> str:
@@ -111,7 +126,9 @@ class Meta:
 class Tally:
     """One round's picker state; `closed` once a newer round started. `monitor` watches
     the round's stream for drift (`service.drift`); `started_by` says why the round
-    started (null: an operator or start-up; else the drift evidence)."""
+    started (null: an operator or start-up; else the drift evidence). `selector` is how the
+    round chooses items (fixed for the round); a pool-based round records its belief's
+    final posterior in `posterior` when it closes."""
 
     picker: PickerState
     closed: bool = False
@@ -119,21 +136,37 @@ class Tally:
     ended_at: float | None = None
     monitor: Monitor | None = None
     started_by: Mapping[str, Any] | None = None
+    selector: str = MODELPICKER
+    posterior: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         monitor = None if self.monitor is None else self.monitor.to_dict()
         started_by = None if self.started_by is None else dict(self.started_by)
+        posterior = None if self.posterior is None else list(self.posterior)
         return {"picker": self.picker.to_dict(), "closed": self.closed,
                 "started_at": self.started_at, "ended_at": self.ended_at,
-                "monitor": monitor, "started_by": started_by}  # fmt: skip
+                "monitor": monitor, "started_by": started_by, "selector": self.selector,
+                "posterior": posterior}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Tally:
         ended, monitor = data.get("ended_at"), data.get("monitor")
+        posterior = data.get("posterior")  # absent in states written before pool-based
         return cls(PickerState.from_dict(data["picker"]), bool(data["closed"]),
                    float(data["started_at"]), None if ended is None else float(ended),
                    None if monitor is None else Monitor.from_dict(monitor),
-                   data.get("started_by"))  # fmt: skip
+                   data.get("started_by"), str(data.get("selector", MODELPICKER)),
+                   None if posterior is None else tuple(float(w) for w in posterior))  # fmt: skip
+
+    @property
+    def pooled(self) -> bool:
+        return self.selector == POOL_BASED
+
+    def weights(self) -> npt.NDArray[np.float64]:
+        """P(each model is the best): the recorded posterior, else ModelPicker's."""
+        if self.posterior is not None:
+            return np.asarray(self.posterior, dtype=np.float64)
+        return self.picker.weights()
 
 
 @dataclass(frozen=True)
@@ -169,13 +202,16 @@ class Item:
 
 @dataclass(frozen=True)
 class Selection:
-    """A consistent view for serving and reporting: meta, the round's tally, recent swaps."""
+    """A consistent view for serving and reporting: meta, the round's tally, recent swaps.
+    In a pool-based round `posterior` is the belief's P(best) for this tally version
+    (`service.belief`; None when it was not derived for this view)."""
 
     meta: Meta
     tally: Tally
     meta_version: int = 0
     tally_version: int = 0
     swaps: list[dict[str, Any]] = field(default_factory=list)
+    posterior: tuple[float, ...] | None = None
 
     @property
     def picker(self) -> PickerState:
@@ -194,9 +230,25 @@ class Selection:
         return list(self.meta.models)
 
     @property
+    def pooled(self) -> bool:
+        return self.tally.pooled
+
+    def weights(self) -> npt.NDArray[np.float64]:
+        """P(each model is the best): the pool-based belief's, or ModelPicker's (a
+        pool-based round's view without its belief says the served model, for certain)."""
+        if self.posterior is not None:
+            return np.asarray(self.posterior, dtype=np.float64)
+        if self.pooled:
+            certain: npt.NDArray[np.float64] = np.eye(len(self.meta.models))[self.meta.served]
+            return certain
+        return self.picker.weights()
+
+    @property
     def best(self) -> int:
-        """The posterior's best model: argmax w = argmin L (the first one on ties)."""
-        return int(np.argmin(self.picker.loss_array))
+        """The posterior's best model: argmax w (ModelPicker: argmin L; the first on ties)."""
+        if not self.pooled:
+            return int(np.argmin(self.picker.loss_array))
+        return int(np.argmax(self.weights()))
 
 
 @dataclass(frozen=True)
@@ -209,16 +261,21 @@ class RoundRecord:
 
     @property
     def best(self) -> int:
+        if self.tally.pooled:
+            return int(np.argmax(self.tally.weights()))
         return int(np.argmin(self.tally.picker.loss_array))
 
 
 # ---- start-up ---------------------------------------------------------------------------
 
 
-def initialise(op: str, models: Sequence[str], served: int, budget: int | None, now: float) -> Txn:
+def initialise(
+    op: str, models: Sequence[str], served: int, budget: int | None, now: float,
+    selector: str = MODELPICKER,
+) -> Txn:  # fmt: skip
     """The whole initial state in one transaction (it applies only if no state exists)."""
     meta = Meta(tuple(models), served, config_budget=budget)
-    tally = Tally(initial_state(len(models), budget=budget), started_at=now)
+    tally = Tally(initial_state(len(models), budget=budget), started_at=now, selector=selector)
     return Txn(op, expect={META: 0, tally_key(0): 0},
                put={META: Put(meta.to_dict()), tally_key(0): Put(tally.to_dict())})  # fmt: skip
 
@@ -277,22 +334,31 @@ def observe_batch(
     now: float,
     retention: Retention,
     drift_config: DriftConfig | None = None,
+    pool_max_items: int = 20_000,
 ) -> tuple[Txn | None, Observed]:
     """t advances by the batch size; the picker's coins choose items to queue, within the
     round's budget; an id that is already stored is never queued (nor counted) twice.
+    A pool-based round instead queues every fresh item the candidates disagree on (q = 1),
+    up to `pool_max_items` in its pool: its budget counts labels, not admissions.
     With `drift_config`, the round's drift monitor counts the batch in the same step.
     Returns the transaction and what it observed (queued items, drift evidence)."""
     picker = current.picker
     if batch.models is not None and tuple(batch.models) != current.meta.models:
         return None, Observed(0, stale=True)  # the pool changed meanwhile: not observed
-    decisions = decide_queries(
-        picker.loss_array, picker.step + 1, batch.predictions, gamma, None, rng
-    )
     fresh = np.array([i not in existing for i in batch.item_ids], dtype=bool)
-    chosen = np.flatnonzero(cap_queries(decisions.query & fresh, picker.queries_left))
+    if current.pooled:
+        q = np.ones(len(batch.item_ids))
+        room = max(0, pool_max_items - picker.queries)
+        chosen = np.flatnonzero(fresh & disagreeing(batch.predictions))[:room]
+    else:
+        decisions = decide_queries(
+            picker.loss_array, picker.step + 1, batch.predictions, gamma, None, rng
+        )
+        q = decisions.q
+        chosen = np.flatnonzero(cap_queries(decisions.query & fresh, picker.queries_left))
     advanced = record_queries(observe(picker, len(batch.item_ids)), len(chosen))
     items = [
-        Item(batch.item_ids[int(i)], picker.round, float(decisions.q[i]),
+        Item(batch.item_ids[int(i)], picker.round, float(q[i]),
              tuple(int(p) for p in batch.predictions[i]),
              tuple(float(x) for x in batch.instances[i]), now,
              expire_at=now + retention.item_s)
@@ -312,6 +378,8 @@ def observe_batch(
     expect = {tally_key(picker.round): current.tally_version}
     expect.update({item_key(i.item_id): 0 for i in items})
     push = {queue_key(picker.round): {i.item_id: now for i in items}}
+    if current.pooled and items:
+        push[pool_key(picker.round)] = {i.item_id: now for i in items}
     counts = {QUERIES_COUNTER: float(len(items))} if items else {}
     if evidence is not None:
         counts[DRIFT_COUNTER] = 1.0
@@ -377,7 +445,8 @@ def apply_label(
     by: str = "anonymous",
 ) -> tuple[LabelOutcome, str | None, Txn | None]:
     """Apply a label once: L += [f_i(x) != y] / q, labels += 1, the item leaves the queue,
-    and the round's audit log records who gave it (`by`) and when.
+    and the round's audit log records who gave it (`by`) and when. In a pool-based round
+    the item also joins the round's labeled set (its belief is derived from the items).
 
     A repeat by the op that applied it is answered 'accepted' (the truth for a retry after
     an unclear outcome); any other repeat is 'duplicate'. Stale items are 'unknown'."""
@@ -396,11 +465,14 @@ def apply_label(
     increments = loss_increments(stored.predictions, label, stored.q)
     updated = replace(round_tally, picker=apply_increments(round_tally.picker, increments))
     labeled = replace(stored, status="labeled", label=label, op=op, labeled_at=now)
+    push = ({labeled_key(stored.round): {item_id: float(updated.picker.labels)}}
+            if round_tally.pooled else {})  # fmt: skip
     txn = Txn(
         op,
         expect={item_key(item_id): item.version, tally_key(stored.round): tally.version},
         put={item_key(item_id): Put(labeled.to_dict(), labeled.expire_at),
              tally_key(stored.round): Put(updated.to_dict())},
+        push=push,
         pull={queue_key(stored.round): [item_id]},
         add={COUNTERS: {ACCEPTED_COUNTER: 1.0}},
         append={audit_key(stored.round): [
@@ -422,23 +494,27 @@ def new_round(
     rounds_kept: int = 100,
     started_by: Mapping[str, Any] | None = None,
     if_round: int | None = None,
+    selector: str | None = None,
 ) -> tuple[Txn | None, int]:
     """A fresh data period: a new tally (L and t at 0) with its budget; the old round is
     closed (its late labels are stale, its tally stays as the round's record) and its
     queue dropped. The round that falls out of the newest `rounds_kept` is forgotten, its
     record and its label audit. `started_by` records why (drift evidence); with
     `if_round`, nothing happens unless that round is still the current one (two replicas
-    that saw the same drift start one round)."""
+    that saw the same drift start one round). The new round runs `selector` (None: the
+    old round's); a pool-based round closes with its belief's posterior recorded."""
     old = current.picker.round
     if if_round is not None and if_round != old:
         return None, old
     fresh = Tally(initial_state(current.picker.n_models, budget, old + 1), started_at=now,
-                  started_by=started_by)  # fmt: skip
+                  started_by=started_by, selector=selector or current.tally.selector)  # fmt: skip
     meta = replace(current.meta, round=old + 1)
     closed = replace(current.tally, closed=True, ended_at=now)
+    if current.pooled:
+        closed = replace(closed, posterior=tuple(float(w) for w in current.weights()))
     put = {META: Put(meta.to_dict()), tally_key(old): Put(closed.to_dict()),
            tally_key(old + 1): Put(fresh.to_dict())}  # fmt: skip
-    drop = [queue_key(old)]
+    drop = [queue_key(old), pool_key(old), labeled_key(old)]
     forgotten = old + 1 - rounds_kept
     if forgotten >= 0:
         put[tally_key(forgotten)] = Put(None)
@@ -483,7 +559,7 @@ def swap_target(current: Selection, margin: float, min_labels: int = 0) -> int:
     picker = current.picker
     if current.meta.labels_since_swap(picker.round, picker.labels) < min_labels:
         return current.served
-    weights = picker.weights()
+    weights = current.weights()
     for model in range(len(weights)):  # a model rolled back as a canary waits for a new round
         if model != current.served and current.meta.is_barred(model, picker.round):
             weights[model] = 0.0

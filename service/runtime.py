@@ -44,6 +44,7 @@ class ReplicaRuntime:
         self.selection: Selection | None = None
         self.waiting: int | None = None  # label queue items waiting, as of the last refresh
         self._pending_budget: Any = _UNSET
+        self._pending_selector: str | None = None
         self._pending_counters: tuple[str, dict[str, float]] | None = None
         self._flush_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -84,9 +85,11 @@ class ReplicaRuntime:
 
     def configure(self, knobs: RuntimeKnobs) -> None:
         """New knobs from user_config; a changed label budget reaches the store from the
-        refresh loop (`rules.apply_config_budget` decides whether it is a change)."""
+        refresh loop (`rules.apply_config_budget` decides whether it is a change), and so
+        does the selector (a round that runs another one ends: `apply_config_selector`)."""
         self.knobs = knobs
         self._pending_budget = knobs.label_budget
+        self._pending_selector = knobs.selector
 
     async def refresh(self) -> None:
         if self._pending_budget is not _UNSET:
@@ -94,6 +97,11 @@ class ReplicaRuntime:
             await self.run_store(self.live.apply_config_budget, new_op("config"), budget)
             if self._pending_budget is budget:
                 self._pending_budget = _UNSET
+        if self._pending_selector is not None:
+            selector = self._pending_selector
+            await self.run_store(self.live.apply_config_selector, selector, time.time())
+            if self._pending_selector is selector:
+                self._pending_selector = None
         knobs = self.knobs
         self.waiting = await self.run_store(self.live.waiting, time.time(), knobs.query_ttl_s)
         selection = await self.run_store(self.live.selection)

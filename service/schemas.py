@@ -53,8 +53,21 @@ class RuntimeKnobs(Strict):
     )  # fmt: skip
     label_budget: int | None = Field(
         None, ge=0, le=10_000_000,
-        description="queries per round at most (None: gamma alone limits them); a change "
-        "here applies to the current round once, when the deployed config changes",
+        description="queries per round at most (None: gamma alone limits them; with "
+        "selector pool-based: labels asked per round); a change here applies to the "
+        "current round once, when the deployed config changes",
+    )  # fmt: skip
+    selector: Literal["modelpicker", "pool-based"] = Field(
+        "modelpicker",
+        description="how items are chosen for labels: modelpicker (an online coin per item, "
+        "importance-weighted losses) or pool-based (every disagreement item joins the round's "
+        "pool, the queue is handed out in the order of a calibrated belief re-ranked after "
+        "every label); a change starts a new round",
+    )
+    pool_max_items: int = Field(
+        20_000, ge=10, le=1_000_000,
+        description="selector pool-based: items a round's pool holds at most (then no more "
+        "join it until a new round)",
     )  # fmt: skip
     drift_action: Literal["new_round", "alert", "off"] = Field(
         "new_round",
@@ -237,8 +250,13 @@ class Selection(Strict):
     queries: int = Field(..., ge=0, description="items queued for labeling this round")
     labels: int = Field(..., ge=0, description="labels applied this round")
     label_budget: int | None = Field(..., description="queries allowed this round")
+    selector: Literal["modelpicker", "pool-based"] = Field(
+        ..., description="the round's selector (how its items were chosen)"
+    )
     posterior: dict[str, float] = Field(..., description="probability each model is the best")
-    losses: dict[str, float] = Field(..., description="importance-weighted loss L_i")
+    losses: dict[str, float] = Field(
+        ..., description="importance-weighted loss L_i (pool-based: mistakes on labeled items)"
+    )
     best_model: str = Field(..., description="the posterior's best")
     served_model: str = Field(..., description="the model answering clients")
     selection_version: int = Field(..., ge=0, description="bumps on every hot swap")

@@ -171,8 +171,9 @@ class ShadowEvaluator:
         if knobs.drift_action != "off":
             monitor = DriftConfig(knobs.drift_window, knobs.drift_alpha, self.n_classes)
         observed = await self._repeated(
-            self.live.observe, new_op("observe"), batch, knobs.gamma, rng, time.time(), monitor
-        )
+            self.live.observe, new_op("observe"), batch, knobs.gamma, rng, time.time(), monitor,
+            knobs.pool_max_items,
+        )  # fmt: skip
         if observed.stale:  # a candidate was added or removed meanwhile
             self.counters.inc("shadow_items", "shed", value=len(features))
             return

@@ -96,6 +96,13 @@ class Backend(Protocol):
         """Up to `limit` members with lowest <= score <= highest, lowest score first; each is
         re-scored to `new_score` (a visibility timeout). Cost: log(size) + limit."""
 
+    def claim(
+        self, queue: str, members: Sequence[str], lowest: float, highest: float, new_score: float
+    ) -> list[str]:
+        """Those of `members` whose score is within [lowest, highest], in the order given;
+        each is re-scored to `new_score` (a visibility timeout for chosen members).
+        Cost: len(members)."""
+
     def count(self, queue: str, lowest: float, highest: float = math.inf) -> int:
         """Members with lowest <= score <= highest. Cost: log(size) on Redis and SQLite."""
 

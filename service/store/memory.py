@@ -129,6 +129,21 @@ class MemoryBackend:
                 entries.put(member, new_score)
             return taken
 
+    def claim(
+        self, queue: str, members: Sequence[str], lowest: float, highest: float, new_score: float
+    ) -> list[str]:
+        with self._lock:
+            entries = self._queues.get(queue)
+            if entries is None:
+                return []
+            claimed = []
+            for member in dict.fromkeys(members):
+                score = entries.score.get(member)
+                if score is not None and lowest <= score <= highest:
+                    entries.put(member, new_score)
+                    claimed.append(member)
+            return claimed
+
     def count(self, queue: str, lowest: float, highest: float = math.inf) -> int:
         with self._lock:
             entries = self._queues.get(queue)

@@ -61,6 +61,18 @@ for i = 1, #members do redis.call('ZADD', KEYS[1], ARGV[4], members[i]) end
 return members
 """
 
+_CLAIM = """
+local claimed = {}
+for i = 4, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) >= tonumber(ARGV[1]) and tonumber(score) <= tonumber(ARGV[2]) then
+    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
+    claimed[#claimed + 1] = ARGV[i]
+  end
+end
+return claimed
+"""
+
 _TRIM = """
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
 if #members > 0 then redis.call('ZREM', KEYS[1], unpack(members)) end
@@ -108,6 +120,7 @@ class RedisBackend:
         self._prefix = "{" + namespace + "}:"
         self._commit = client.register_script(_COMMIT)
         self._take = client.register_script(_TAKE)
+        self._claim = client.register_script(_CLAIM)
         self._trim = client.register_script(_TRIM)
 
     @classmethod
@@ -188,6 +201,15 @@ class RedisBackend:
         args = [repr(float(lowest)), repr(float(highest)), limit, repr(float(new_score))]
         members = self._call(self._take, keys=[self._key(queue)], args=args, write=True)
         return list(members)
+
+    def claim(
+        self, queue: str, members: Sequence[str], lowest: float, highest: float, new_score: float
+    ) -> list[str]:
+        unique = list(dict.fromkeys(members))
+        if not unique:
+            return []
+        args = [repr(float(lowest)), repr(float(highest)), repr(float(new_score)), *unique]
+        return list(self._call(self._claim, keys=[self._key(queue)], args=args, write=True))
 
     def count(self, queue: str, lowest: float, highest: float = math.inf) -> int:
         top = "+inf" if math.isinf(highest) else repr(float(highest))

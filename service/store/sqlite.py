@@ -186,6 +186,21 @@ class SQLiteBackend:
             )
         return members
 
+    def claim(
+        self, queue: str, members: Sequence[str], lowest: float, highest: float, new_score: float
+    ) -> list[str]:
+        claimed = []
+        with self._transaction(write=True) as db:
+            for member in dict.fromkeys(members):
+                changed = db.execute(
+                    "UPDATE queue SET score = ? WHERE name = ? AND member = ? "
+                    "AND score >= ? AND score <= ?",
+                    (new_score, queue, member, lowest, highest),
+                ).rowcount
+                if changed:
+                    claimed.append(member)
+        return claimed
+
     def count(self, queue: str, lowest: float, highest: float = math.inf) -> int:
         with self._transaction(write=False) as db:
             (n,) = db.execute(

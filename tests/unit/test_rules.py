@@ -123,7 +123,9 @@ def test_a_new_round_closes_the_old_one_and_starts_from_zero(budget: int | None)
     assert old.closed and old.picker == start.picker
     assert fresh.picker == PickerState((0.0, 0.0, 0.0), round=1, budget=budget)
     assert Meta.from_dict(txn.put["meta"].value).round == 1  # type: ignore[arg-type]
-    assert txn.expect == {"meta": 4, "tally:0": 9, "tally:1": 0} and txn.drop == ["queue:0"]
+    assert txn.expect == {"meta": 4, "tally:0": 9, "tally:1": 0}
+    assert txn.drop == ["queue:0", "pool:0", "labeled:0"]
+    assert old.selector == fresh.selector == "modelpicker" and old.posterior is None
 
 
 @given(st.one_of(st.none(), st.integers(0, 100)), st.one_of(st.none(), st.integers(0, 100)))

@@ -62,6 +62,37 @@ def test_queue_take_is_a_visibility_timeout(backend: Backend) -> None:
     assert backend.count("q", 0.0) == 0 and backend.take("q", 0, 1e9, 5, 0) == []
 
 
+def test_claim_rescores_only_the_named_members_within_the_window(backend: Backend) -> None:
+    backend.commit(Txn("p", push={"q": {"a": 1.0, "b": 2.0, "c": 3.0, "d": 50.0}}))
+    # in the order asked, unknown and out-of-window members skipped, a repeat once
+    assert backend.claim("q", ["c", "x", "d", "a", "c"], 0.0, 10.0, 100.0) == ["c", "a"]
+    assert backend.claim("q", ["a", "b", "c"], 0.0, 10.0, 100.0) == ["b"]  # a, c now held
+    assert backend.count("q", 100.0, 100.0) == 3 and backend.members("q", 1) == ["d"]
+    assert (
+        backend.claim("q", [], 0.0, 10.0, 1.0) == [] and backend.claim("none", ["a"], 0, 1, 2) == []
+    )
+
+
+def test_concurrent_claims_hand_each_member_to_one_caller(backend: Backend) -> None:
+    import threading
+
+    backend.commit(Txn("p", push={"q": {f"i{n}": 1.0 for n in range(40)}}))
+    wanted = [f"i{n}" for n in range(40)]
+    got: list[list[str]] = [[] for _ in range(4)]
+
+    def claimer(slot: int) -> None:
+        for start in range(0, 40, 5):
+            got[slot] += backend.claim("q", wanted[start : start + 5], 0.0, 10.0, 99.0)
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    everything = [m for claimed in got for m in claimed]
+    assert sorted(everything) == sorted(wanted)  # every member once, none twice
+
+
 def test_count_takes_a_score_window_and_members_read_without_changing(backend: Backend) -> None:
     backend.commit(Txn("p", push={"q": {"a": 1.0, "b": 2.0, "c": 3.0, "d": 3.0, "e": 9.0}}))
     assert backend.count("q", 2.0, 3.0) == 3  # both ends included

@@ -1,0 +1,145 @@
+"""A pool-based round's live state on every backend: admission, the belief's order of the
+queue, the budget in labels, replicas that agree, and faults that lose no label."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from picker.pool_based import PoolBased
+from service.live import LiveState, new_op
+from service.rules import Batch
+from service.store import Retention, StoreError
+from service.store.redis_store import RedisBackend
+from tests.integration.contract.conftest import Connect
+from tests.redis_server import RedisServer
+
+MODELS = ["a", "b", "c", "d"]
+TTL = 3600.0
+LEASE = 60.0
+
+
+def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Four models of accuracy 0.55-0.85 on 3 classes; (predictions, truth)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 3, n)
+    right = rng.random((n, 4)) < np.array([0.55, 0.65, 0.75, 0.85])
+    wrong = (truth[:, None] + rng.integers(1, 3, (n, 4))) % 3
+    return np.where(right, truth[:, None], wrong), truth
+
+
+def pool_state(connect: Connect, preds: np.ndarray, budget: int | None = None) -> LiveState:
+    live = LiveState(connect(), n_classes=3)
+    live.initialise(MODELS, served=0, budget=budget, now=time.time(), selector="pool-based")
+    ids = [f"i{k}" for k in range(len(preds))]
+    live.observe(new_op("t"), Batch(ids, preds, np.zeros((len(ids), 2))), 1.0,
+                 np.random.default_rng(0), time.time())  # fmt: skip
+    return live
+
+
+def test_disagreement_items_join_the_pool_and_the_queue_goes_in_the_beliefs_order(
+    connect: Connect,
+) -> None:
+    preds, truth = synthetic(120)
+    live = pool_state(connect, preds)
+    disagree = [k for k in range(len(preds)) if len(set(preds[k])) > 1]
+    assert live.selection().picker.queries == len(disagree)  # agreement items stay out
+    labels: dict[int, int] = {}
+    for _ in range(12):  # one item at a time: each lease is re-ranked after the last label
+        now = time.time()
+        (item,) = live.lease(1, now, LEASE, TTL)
+        expected = PoolBased(preds[disagree], 3, labels=dict(labels))
+        scores = expected.item_scores()
+        row = disagree.index(int(item.item_id[1:]))
+        assert scores[row] == pytest.approx(scores.max(), rel=1e-9)  # the belief's top item
+        label = int(truth[int(item.item_id[1:])])
+        assert live.label(new_op("l"), item.item_id, label, now, TTL).outcome == "accepted"
+        labels[row] = label
+    selection = live.selection()
+    assert selection.picker.labels == 12 and sum(selection.weights()) == pytest.approx(1.0)
+
+
+def test_the_budget_counts_labels_and_leases_never_give_one_item_twice(connect: Connect) -> None:
+    preds, truth = synthetic(200, seed=1)
+    live = pool_state(connect, preds, budget=9)
+    assert live.selection().picker.queries > 9  # admissions are not capped by the budget
+    now = time.time()
+    got: list[list[str]] = [[] for _ in range(3)]
+
+    def labeler(slot: int) -> None:
+        got[slot] = [i.item_id for i in LiveState(connect(), n_classes=3).lease(4, now, LEASE, TTL)]
+
+    threads = [threading.Thread(target=labeler, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    handed = [i for batch in got for i in batch]
+    assert len(handed) == len(set(handed)) and 0 < len(handed) <= 12
+    # labels for what was handed out, then leases again: never past 9 labels in all
+    for item_id in handed:
+        live.label(new_op("l"), item_id, int(truth[int(item_id[1:])]), now, TTL)
+    labeled = live.selection().picker.labels
+    more = live.lease(20, time.time(), LEASE, TTL)
+    assert len(more) == max(0, 9 - labeled)
+
+
+def test_every_replica_derives_the_same_belief_from_the_store(connect: Connect) -> None:
+    preds, truth = synthetic(150, seed=2)
+    live = pool_state(connect, preds)
+    for _ in range(4):
+        for item in live.lease(5, time.time(), LEASE, TTL):
+            live.label(new_op("l"), item.item_id, int(truth[int(item.item_id[1:])]), time.time(),
+                       TTL)  # fmt: skip
+    first = live.selection()
+    other = LiveState(connect(), n_classes=3).selection()  # a fresh replica: reads the items
+    assert first.posterior == other.posterior and first.picker.labels == 20
+    assert first.posterior is not None and max(first.posterior) > 1 / 4
+
+
+def test_labels_until_the_pool_is_exhausted_identify_the_best(connect: Connect) -> None:
+    preds, truth = synthetic(60, seed=3)
+    live = pool_state(connect, preds)
+    while leased := live.lease(10, time.time(), LEASE, TTL):
+        for item in leased:
+            live.label(new_op("l"), item.item_id, int(truth[int(item.item_id[1:])]), time.time(),
+                       TTL)  # fmt: skip
+    selection = live.selection()
+    correct = (preds == truth[:, None]).sum(axis=0)
+    assert selection.picker.labels == selection.picker.queries  # every pool item labeled
+    assert selection.best == int(np.argmax(correct)) and max(selection.weights()) == 1.0
+    assert live.reconcile(0.0, None, time.time()) and live.selection().served == selection.best
+
+
+def test_redis_kill_9_loses_no_acknowledged_label_of_a_pool_based_round(tmp_path: Path) -> None:
+    preds, truth = synthetic(80, seed=4)
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+
+        def connect(retention: Retention | None = None) -> RedisBackend:
+            return RedisBackend.from_url(server.url, "pool-kill", retention)
+
+        live = pool_state(connect, preds)  # type: ignore[arg-type]
+        acknowledged = []
+        for item in live.lease(15, time.time(), LEASE, TTL):
+            answer = live.label(new_op("l"), item.item_id, int(truth[int(item.item_id[1:])]),
+                                time.time(), TTL)  # fmt: skip
+            assert answer.outcome == "accepted"
+            acknowledged.append(item.item_id)
+        before = live.selection()
+        server.stop(kill=True)
+        with pytest.raises(StoreError):
+            live.selection()
+        server.start()
+        fresh = LiveState(connect(), n_classes=3)  # a replica started after the restart
+        after = fresh.selection()
+        assert after.picker.labels == len(acknowledged) == 15
+        assert after.posterior == before.posterior
+        assert all(fresh.item(i).status == "labeled" for i in acknowledged)  # type: ignore[union-attr]
+    finally:
+        server.stop()
