@@ -45,10 +45,12 @@ def drive(
     on_step: Callable[[DemoProgress], None] | None = None,
     confidence: float = 0.9,
     stream: str = "today",
+    labels_per_batch: int = 50,
 ) -> DemoProgress:
-    """Send the named demo stream (reshuffled each pass), label every queued item from
-    ground truth, stop once `target` is served with posterior >= confidence (or after
-    max_items)."""
+    """Send the named demo stream (reshuffled each pass) in batches of `batch_size`; after
+    each batch the labeler leases up to `labels_per_batch` queued items and labels them
+    from ground truth (a labeler slower than the traffic leases few). Stops once `target`
+    is served with posterior >= confidence (or after max_items)."""
     rng = np.random.default_rng(seed)
     progress = DemoProgress()
     truth: dict[str, int] = {}
@@ -64,7 +66,7 @@ def drive(
             progress.items_served += len(rows)
             for prediction, row in zip(body["predictions"], rows, strict=True):
                 truth[prediction["item_id"]] = int(labels[row])
-            _label_queue(client, truth, progress)
+            _label_queue(client, truth, progress, labels_per_batch)
             if on_step is not None:
                 on_step(progress)
             if _settled(progress.selection, target, confidence):
@@ -80,8 +82,10 @@ def _settled(selection: dict[str, Any], target: str, confidence: float) -> bool:
     return served == target and selection["posterior"][target] >= confidence
 
 
-def _label_queue(client: httpx.Client, truth: dict[str, int], progress: DemoProgress) -> None:
-    queued = client.get("/v1/queries", params={"limit": 50})
+def _label_queue(
+    client: httpx.Client, truth: dict[str, int], progress: DemoProgress, limit: int
+) -> None:
+    queued = client.get("/v1/queries", params={"limit": limit})
     queued.raise_for_status()
     labels = [
         {"item_id": item["item_id"], "label": truth[item["item_id"]]}

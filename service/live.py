@@ -289,9 +289,17 @@ class LiveState:
                                 {"reason": "drift", **evidence}, round_number)  # fmt: skip
 
     def apply_config_selector(self, selector: str, now: float) -> int:
-        """The deployment's selector: if the current round runs another, a new round
+        """The deployment's selector: if the current round runs another, it takes this one
+        in place while it has queued nothing (`rules.switch_selector`), else a new round
         starts with it (one, however many replicas see the change: the op names the round
-        and the selector); returns the current round after it."""
+        and the selector). Returns the current round after it."""
+        for _ in range(_MAX_ATTEMPTS):
+            current = self.selection(recent_swaps=0, belief=False)
+            if current.tally.selector == selector:
+                return current.picker.round
+            txn = rules.switch_selector(new_op("selector"), current, selector)
+            if txn is None or self.backend.commit(txn).status != "conflict":
+                break
         current = self.selection(recent_swaps=0, belief=False)
         if current.tally.selector == selector:
             return current.picker.round

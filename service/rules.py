@@ -528,6 +528,19 @@ def new_round(
     return txn, old + 1
 
 
+def switch_selector(op: str, current: Selection, selector: str) -> Txn | None:
+    """The round takes `selector` in place while it has queued nothing (a start-up, before
+    any item): None otherwise, when only a new round may change it (its items were asked
+    for by the other rule)."""
+    picker = current.picker
+    if picker.queries or picker.labels:
+        return None
+    tally = replace(current.tally, selector=selector)
+    round_key = tally_key(picker.round)
+    return Txn(op, expect={round_key: current.tally_version},
+               put={round_key: Put(tally.to_dict())})  # fmt: skip
+
+
 def set_budget(op: str, current: Selection, budget: int | None) -> Txn:
     """Change the current round's budget (queries already issued stay issued)."""
     tally = replace(current.tally, picker=replace(current.picker, budget=budget))
