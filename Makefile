@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8000
 POOL ?=
+DEMO_ARGS ?=
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
@@ -21,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/python -m service --port $(PORT) $(if $(POOL),--pool $(POOL))
 
 demo: $(STAMP)
-	$(BIN)/python -m service.demo --url http://127.0.0.1:$(PORT)
+	$(BIN)/python -m service.demo --url http://127.0.0.1:$(PORT) $(DEMO_ARGS)
 
 test: $(STAMP)
 	@bash deploy/ensure-redis-server.sh

@@ -157,10 +157,16 @@ def main() -> int:
     parser.add_argument("--stream", choices=STREAMS, default="today",
                         help="the stream to send: today (noise, occlusion), moved (the camera "
                         "moved a pixel), blurred")  # fmt: skip
+    parser.add_argument("--labels-per-batch", type=int, default=50, metavar="N",
+                        help="items the simulated labeler leases and labels after each batch "
+                        "of 16 predictions (default 50: all it gets; 2: a labeler slower than "
+                        "the traffic, where selector pool-based's order pays)")  # fmt: skip
     parser.add_argument("--then", choices=STREAMS,
                         help="once the best on --stream is served, switch to this stream (a "
                         "drift: pickserve should notice and start a new round)")  # fmt: skip
     args = parser.parse_args()
+    if not 1 <= args.labels_per_batch <= 500:
+        parser.error("--labels-per-batch must be between 1 and 500 (GET /v1/queries' limit)")
     from rich.console import Console
     from rich.live import Live
 
@@ -175,14 +181,17 @@ def main() -> int:
                 return 2
             for stream in phases:
                 started, target = time.monotonic(), demo.best_on(stream)
-                console.print(f"stream {stream!r}: its best candidate is {target}")
+                selector = client.get("/v1/selection").json().get("selector", "modelpicker")
+                console.print(f"stream {stream!r}: its best candidate is {target}; the "
+                              f"service's selector is {selector}")  # fmt: skip
                 with Live(console=console) as live:
 
                     def show(progress: DemoProgress, target: str = target) -> None:
                         live.update(_view(progress, target))
 
                     progress = drive(client, demo, target, args.max_items, stream=stream,
-                                     on_step=show)  # fmt: skip
+                                     on_step=show,
+                                     labels_per_batch=args.labels_per_batch)  # fmt: skip
                 served = progress.selection.get("served_model")
                 console.print(f"served model: {served} after {progress.items_served} items, "
                               f"{progress.labels_posted} labels, "

@@ -207,3 +207,52 @@ def test_pool_based_keeps_asking_when_the_belief_is_certain():
     assert first is not None and selector.disagreement()[first]
     label_some(selector, truth, rng, 1000)
     assert set(selector.labels) == set(np.flatnonzero(selector.disagreement()).tolist())
+
+
+def naive_p_best(selector, rng, draws):
+    """Each unlabeled item's class drawn on its own from the belief, then the best counted:
+    what p_best computes when every pattern's Dirichlet is as sharp as before five labels."""
+    wins = np.zeros(selector.n_models)
+    unlabeled = [x for x in range(selector.n_items) if x not in selector.labels]
+    base = selector.correct_counts().astype(float)
+    for _ in range(draws):
+        totals = base.copy()
+        for x in unlabeled:
+            y = rng.choice(selector.n_classes, p=selector.resp[x])
+            totals += selector.predictions[x] == y
+        top = totals == totals.max()
+        wins += top / top.sum()
+    return wins / draws
+
+
+def test_pool_based_p_best_matches_drawing_each_item_on_its_own():
+    rng = np.random.default_rng(8)
+    predictions, truth = noisy_pool(rng, n=60, accuracies=(0.6, 0.62, 0.66, 0.7, 0.72))
+    selector = PoolBased(predictions, 4, labels={x: int(truth[x]) for x in range(4)})
+    assert selector.strength == 1e6  # under five labels: items of a pattern independent
+    fast = selector.p_best(np.random.default_rng(1), draws=4000)
+    slow = naive_p_best(selector, np.random.default_rng(2), draws=1500)
+    assert fast.sum() == pytest.approx(1.0) and (fast >= 0).all()
+    assert np.abs(fast - slow).max() < 0.05
+    assert selector.p_best(np.random.default_rng(1), draws=4000).tolist() == fast.tolist()
+
+
+def test_pool_based_p_best_is_certain_once_everything_is_labeled():
+    rng = np.random.default_rng(9)
+    predictions, truth = noisy_pool(rng)
+    labels = {x: int(truth[x]) for x in range(len(truth))}
+    correct = (predictions == truth[:, None]).sum(axis=0)
+    weights = PoolBased(predictions, 4, labels=labels).p_best(rng, draws=50)
+    expected = (correct == correct.max()) / (correct == correct.max()).sum()
+    assert weights.tolist() == expected.tolist()
+
+
+def test_pool_based_p_best_concentrates_on_the_best_as_labels_grow():
+    rng = np.random.default_rng(10)
+    predictions, truth = noisy_pool(rng, n=400, accuracies=(0.5, 0.55, 0.6, 0.65, 0.8))
+    selector = PoolBased(predictions, 4, labels={x: int(truth[x]) for x in range(5)})
+    early = selector.p_best(np.random.default_rng(0))
+    for x in range(5, 200):
+        selector.add_label(x, int(truth[x]))
+    late = selector.p_best(np.random.default_rng(0))
+    assert late[4] > 0.99 and late[4] >= early[4]

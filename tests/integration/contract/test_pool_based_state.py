@@ -143,3 +143,50 @@ def test_redis_kill_9_loses_no_acknowledged_label_of_a_pool_based_round(tmp_path
         assert all(fresh.item(i).status == "labeled" for i in acknowledged)  # type: ignore[union-attr]
     finally:
         server.stop()
+
+
+def test_a_selector_change_applies_in_place_before_any_item_else_in_a_new_round(
+    connect: Connect,
+) -> None:
+    live = LiveState(connect(), n_classes=3)
+    live.initialise(MODELS, served=0, budget=None, now=time.time())
+    assert live.apply_config_selector("pool-based", time.time()) == 0  # nothing queued yet
+    assert live.selection().tally.selector == "pool-based"
+    preds, _ = synthetic(30, seed=5)
+    live.observe(new_op("t"), Batch([f"i{k}" for k in range(30)], preds, np.zeros((30, 2))), 1.0,
+                 np.random.default_rng(0), time.time())  # fmt: skip
+    assert live.apply_config_selector("pool-based", time.time()) == 0  # the same: no-op
+    assert live.apply_config_selector("modelpicker", time.time()) == 1  # items queued
+    # a second replica seeing the same change starts no second round
+    assert LiveState(connect()).apply_config_selector("modelpicker", time.time()) == 1
+    (closed, current) = live.rounds(2)[1], live.rounds(2)[0]
+    assert current.tally.selector == "modelpicker" and closed.tally.selector == "pool-based"
+    assert closed.tally.closed and closed.tally.posterior is not None
+    assert current.tally.started_by == {"reason": "selector", "selector": "modelpicker"}
+
+
+def test_a_candidate_added_to_a_pool_based_round_joins_every_item_of_its_pool(
+    connect: Connect,
+) -> None:
+    preds, truth = synthetic(80, seed=6)
+    live = pool_state(connect, preds)
+    for item in live.lease(10, time.time(), LEASE, TTL):
+        live.label(new_op("l"), item.item_id, int(truth[int(item.item_id[1:])]), time.time(), TTL)
+    before = live.selection()
+    assert before.posterior is not None and len(before.posterior) == 4
+
+    def classes_of(features: np.ndarray) -> np.ndarray:  # the newcomer: class 0 on all
+        return np.zeros(len(features), dtype=np.int64)
+
+    live.add_candidate(new_op("add"), "e", classes_of, time.time())
+    after = live.selection()
+    assert after.picker.labels == 10 and after.posterior is not None
+    assert len(after.posterior) == 5
+    pool = live.pending_items(after)
+    assert len(pool) == after.picker.queries  # labeled items too, all with five predictions
+    assert all(doc.value["predictions"][4] == 0 for doc in pool.values())
+    assert sum(doc.value["status"] == "labeled" for doc in pool.values()) == 10
+    live.remove_candidate(new_op("rm"), "e", time.time())
+    kept = live.pending_items(live.selection()).values()
+    assert all(len(doc.value["predictions"]) == 4 for doc in kept)
+    assert live.selection().posterior == before.posterior  # the same items, labels, belief
