@@ -93,6 +93,7 @@ class StateRoutes(RouterBase):
             rounds.append(schemas.RoundRecord(
                 round=record.number, started_at=record.tally.started_at,
                 ended_at=record.tally.ended_at, label_budget=picker.budget, step=picker.step,
+                selector=record.tally.selector,
                 queries=picker.queries, labels=picker.labels,
                 posterior=dict(zip(self.names, record.tally.weights().tolist(), strict=True)),
                 best_model=self.names[record.best],

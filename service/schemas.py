@@ -268,6 +268,9 @@ class RoundRecord(Strict):
     started_at: float = Field(..., description="unix time it started")
     ended_at: float | None = Field(..., description="unix time it ended (null: current)")
     label_budget: int | None = Field(..., description="queries allowed in it")
+    selector: Literal["modelpicker", "pool-based"] = Field(
+        "modelpicker", description="how its items were chosen"
+    )
     step: int = Field(..., ge=0, description="items the picker saw in it")
     queries: int = Field(..., ge=0, description="items queued for labeling in it")
     labels: int = Field(..., ge=0, description="labels applied in it")
