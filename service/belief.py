@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +34,7 @@ MEMBERS_LIMIT = 10_000_000
 
 @dataclass(frozen=True)
 class Belief:
-    """The belief of one round as of `items` pool items and `labels` labels."""
+    """The belief of one round over the pool items `ids`, with `labels` of them labeled."""
 
     ids: tuple[str, ...]
     selector: PoolBased | None  # None while the pool is empty
@@ -119,8 +120,7 @@ class BeliefCache:
             self._index[item_id] = len(self._ids)
             self._ids.append(item_id)
             self._predictions.append(tuple(int(p) for p in doc.value["predictions"]))
-            if doc.value["status"] == "labeled":
-                self._labels[self._index[item_id]] = int(doc.value["label"])
+            self._note_label(item_id, doc.value)
 
     def _read_labels(self, labeled: str) -> None:
         members = self.backend.members(labeled, MEMBERS_LIMIT)
@@ -130,8 +130,12 @@ class BeliefCache:
         docs = self.backend.read([item_key(i) for i in pending])
         for item_id in pending:
             doc = docs.get(item_key(item_id))
-            if doc is not None and doc.value["status"] == "labeled":
-                self._labels[self._index[item_id]] = int(doc.value["label"])
+            if doc is not None:
+                self._note_label(item_id, doc.value)
+
+    def _note_label(self, item_id: str, record: dict[str, Any]) -> None:
+        if record["status"] == "labeled":
+            self._labels[self._index[item_id]] = int(record["label"])
 
     def _build(self, round_number: int, n_models: int) -> Belief:
         if not self._ids:

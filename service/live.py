@@ -293,16 +293,17 @@ class LiveState:
         in place while it has queued nothing (`rules.switch_selector`), else a new round
         starts with it (one, however many replicas see the change: the op names the round
         and the selector). Returns the current round after it."""
-        for _ in range(_MAX_ATTEMPTS):
+
+        def attempt() -> tuple[Txn | None, Any]:
             current = self.selection(recent_swaps=0, belief=False)
             if current.tally.selector == selector:
-                return current.picker.round
+                return None, (True, current)
             txn = rules.switch_selector(new_op("selector"), current, selector)
-            if txn is None or self.backend.commit(txn).status != "conflict":
-                break
-        current = self.selection(recent_swaps=0, belief=False)
-        if current.tally.selector == selector:
-            return current.picker.round
+            return txn, (txn is not None, current)
+
+        _, (applied, current) = self._transact(attempt)
+        if applied:
+            return int(current.picker.round)
         round_number = current.picker.round
         return self.start_round(f"selector:{round_number}:{selector}", current.meta.config_budget,
                                 now, {"reason": "selector", "selector": selector}, round_number,

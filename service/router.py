@@ -20,7 +20,6 @@ from service.api import (
     _auth,
     _limits,
     api,
-    logger,
 )
 from service.auth import Authenticator
 from service.canary import CanaryStats, canary_key
@@ -37,7 +36,7 @@ from service.schemas import RuntimeKnobs
 from service.serving import Server
 from service.settings import Settings
 from service.shadow import ShadowEvaluator
-from service.store import StoreError, open_backend
+from service.store import open_backend
 from service.store.factory import retention
 
 # Ray Serve turns the route methods into FastAPI class-based views in the driver, by
@@ -107,10 +106,6 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
         if knobs.seed != self.runtime.knobs.seed or knobs.seed is None:
             self.rng = np.random.default_rng(knobs.seed)
         self.runtime.configure(knobs)
-        try:  # before any traffic: a fresh round takes the selector in place
-            self.state.apply_config_selector(knobs.selector, time.time())
-        except StoreError as error:  # the refresh loop applies it
-            logger.warning("selector change waits for the store: %s", error)
 
     async def _canary_tick(self) -> None:
         """Move the canary on, or roll it back, on what this replica's requests showed."""

@@ -168,6 +168,13 @@ class Tally:
             return np.asarray(self.posterior, dtype=np.float64)
         return self.picker.weights()
 
+    def best(self, weights: npt.NDArray[np.float64] | None = None) -> int:
+        """The posterior's best model (the first on ties): ModelPicker's argmin L, or in a
+        pool-based round the argmax of `weights` (None: the round's recorded ones)."""
+        if not self.pooled:
+            return int(np.argmin(self.picker.loss_array))
+        return int(np.argmax(self.weights() if weights is None else weights))
+
 
 @dataclass(frozen=True)
 class Item:
@@ -245,10 +252,7 @@ class Selection:
 
     @property
     def best(self) -> int:
-        """The posterior's best model: argmax w (ModelPicker: argmin L; the first on ties)."""
-        if not self.pooled:
-            return int(np.argmin(self.picker.loss_array))
-        return int(np.argmax(self.weights()))
+        return self.tally.best(self.weights())
 
 
 @dataclass(frozen=True)
@@ -261,9 +265,7 @@ class RoundRecord:
 
     @property
     def best(self) -> int:
-        if self.tally.pooled:
-            return int(np.argmax(self.tally.weights()))
-        return int(np.argmin(self.tally.picker.loss_array))
+        return self.tally.best()
 
 
 # ---- start-up ---------------------------------------------------------------------------
@@ -528,25 +530,26 @@ def new_round(
     return txn, old + 1
 
 
+def _rewrite_tally(op: str, current: Selection, tally: Tally) -> Txn:
+    """The current round's tally replaced, compare-and-set on the one the view read."""
+    round_key = tally_key(current.picker.round)
+    return Txn(op, expect={round_key: current.tally_version},
+               put={round_key: Put(tally.to_dict())})  # fmt: skip
+
+
 def switch_selector(op: str, current: Selection, selector: str) -> Txn | None:
     """The round takes `selector` in place while it has queued nothing (a start-up, before
     any item): None otherwise, when only a new round may change it (its items were asked
     for by the other rule)."""
-    picker = current.picker
-    if picker.queries or picker.labels:
+    if current.picker.queries or current.picker.labels:
         return None
-    tally = replace(current.tally, selector=selector)
-    round_key = tally_key(picker.round)
-    return Txn(op, expect={round_key: current.tally_version},
-               put={round_key: Put(tally.to_dict())})  # fmt: skip
+    return _rewrite_tally(op, current, replace(current.tally, selector=selector))
 
 
 def set_budget(op: str, current: Selection, budget: int | None) -> Txn:
     """Change the current round's budget (queries already issued stay issued)."""
     tally = replace(current.tally, picker=replace(current.picker, budget=budget))
-    round_key = tally_key(current.picker.round)
-    return Txn(op, expect={round_key: current.tally_version},
-               put={round_key: Put(tally.to_dict())})  # fmt: skip
+    return _rewrite_tally(op, current, tally)
 
 
 def apply_config_budget(op: str, current: Selection, budget: int | None) -> Txn | None:

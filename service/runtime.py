@@ -85,11 +85,18 @@ class ReplicaRuntime:
 
     def configure(self, knobs: RuntimeKnobs) -> None:
         """New knobs from user_config; a changed label budget reaches the store from the
-        refresh loop (`rules.apply_config_budget` decides whether it is a change), and so
-        does the selector (a round that runs another one ends: `apply_config_selector`)."""
+        refresh loop (`rules.apply_config_budget` decides whether it is a change). The
+        selector is applied at once, before the replica takes traffic, so that a fresh
+        round takes it in place (`LiveState.apply_config_selector`); if the store fails
+        here, the refresh loop applies it."""
         self.knobs = knobs
         self._pending_budget = knobs.label_budget
-        self._pending_selector = knobs.selector
+        try:
+            self.live.apply_config_selector(knobs.selector, time.time())
+            self._pending_selector = None
+        except StoreError as error:
+            logger.warning("selector %s waits for the store: %s", knobs.selector, error)
+            self._pending_selector = knobs.selector
 
     async def refresh(self) -> None:
         if self._pending_budget is not _UNSET:

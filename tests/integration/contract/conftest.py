@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -18,6 +20,13 @@ from tests.redis_server import RedisServer
 
 KINDS = ["memory", "embedded", "redis"]
 Connect = Callable[..., Backend]
+T = TypeVar("T")
+
+
+def concurrently(call: Callable[[int], T], n: int) -> list[T]:
+    """call(0) ... call(n - 1), each in its own thread, all at once; their answers."""
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(call, range(n)))
 
 
 def connector(kind: str, folder: Path, redis_url: str) -> Connect:

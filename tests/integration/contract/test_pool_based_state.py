@@ -3,7 +3,6 @@ queue, the budget in labels, replicas that agree, and faults that lose no label.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from service.live import LiveState, new_op
 from service.rules import Batch
 from service.store import Retention, StoreError
 from service.store.redis_store import RedisBackend
-from tests.integration.contract.conftest import Connect
+from tests.integration.contract.conftest import Connect, concurrently
 from tests.redis_server import RedisServer
 
 MODELS = ["a", "b", "c", "d"]
@@ -68,17 +67,11 @@ def test_the_budget_counts_labels_and_leases_never_give_one_item_twice(connect: 
     live = pool_state(connect, preds, budget=9)
     assert live.selection().picker.queries > 9  # admissions are not capped by the budget
     now = time.time()
-    got: list[list[str]] = [[] for _ in range(3)]
 
-    def labeler(slot: int) -> None:
-        got[slot] = [i.item_id for i in LiveState(connect(), n_classes=3).lease(4, now, LEASE, TTL)]
+    def labeler(_: int) -> list[str]:
+        return [i.item_id for i in LiveState(connect(), n_classes=3).lease(4, now, LEASE, TTL)]
 
-    threads = [threading.Thread(target=labeler, args=(n,)) for n in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    handed = [i for batch in got for i in batch]
+    handed = [i for batch in concurrently(labeler, 3) for i in batch]
     assert len(handed) == len(set(handed)) and 0 < len(handed) <= 12
     # labels for what was handed out, then leases again: never past 9 labels in all
     for item_id in handed:

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from service.store import Backend, Put, Retention, Txn
-from tests.integration.contract.conftest import Connect
+from tests.integration.contract.conftest import Connect, concurrently
 
 
 def test_documents_are_versioned_and_compare_and_set(backend: Backend) -> None:
@@ -74,22 +74,14 @@ def test_claim_rescores_only_the_named_members_within_the_window(backend: Backen
 
 
 def test_concurrent_claims_hand_each_member_to_one_caller(backend: Backend) -> None:
-    import threading
-
     backend.commit(Txn("p", push={"q": {f"i{n}": 1.0 for n in range(40)}}))
     wanted = [f"i{n}" for n in range(40)]
-    got: list[list[str]] = [[] for _ in range(4)]
 
-    def claimer(slot: int) -> None:
-        for start in range(0, 40, 5):
-            got[slot] += backend.claim("q", wanted[start : start + 5], 0.0, 10.0, 99.0)
+    def claimer(_: int) -> list[str]:
+        return [m for start in range(0, 40, 5)
+                for m in backend.claim("q", wanted[start : start + 5], 0.0, 10.0, 99.0)]  # fmt: skip
 
-    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    everything = [m for claimed in got for m in claimed]
+    everything = [m for claimed in concurrently(claimer, 4) for m in claimed]
     assert sorted(everything) == sorted(wanted)  # every member once, none twice
 
 
