@@ -44,3 +44,21 @@ def test_the_kubernetes_redis_keeps_what_it_acknowledges() -> None:
     args = statefulset["spec"]["template"]["spec"]["containers"][0]["args"]
     settings = dict(zip(args[::2], args[1::2], strict=True))
     assert settings["--appendonly"] == "yes" and settings["--maxmemory-policy"] == "noeviction"
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [{"selector": "pool_based"}, {"selector": ""}, {"pool_max_items": 9},
+     {"pool_max_items": 1_000_001}, {"pool_max_items": 2.5}],
+)  # fmt: skip
+def test_a_bad_selector_knob_is_refused(knobs: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ValueError, match=r"selector|pool_max_items"):
+        RuntimeKnobs(**knobs)
+
+
+def test_the_selector_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PICKSERVE_KNOBS__SELECTOR", "pool-based")
+    assert Settings().knobs.selector == "pool-based"
+    monkeypatch.setenv("PICKSERVE_KNOBS__SELECTOR", "coda")
+    with pytest.raises(ValueError, match="selector"):
+        Settings()
