@@ -45,15 +45,15 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from service.app import build, check_store, resolve_pool_file
-    from service.auth import TokenError, read_tokens
+    from service.app import access_tokens, build, check_store, resolve_pool_file
+    from service.auth import TokenError
     from service.pool import PoolLoadError
     from service.store import StoreError
 
     if settings.pool is None:
         print("pickserve: loading the demo pool (built on first run)")
     try:  # before Ray starts: a bad store, pool or token file fails in seconds, in one line
-        read_tokens(settings.tokens_file, settings.tokens)
+        access_tokens(settings)
         check_store(settings)
         pool_file = resolve_pool_file(settings)
     except (PoolLoadError, StoreError, TokenError) as error:

@@ -3,12 +3,16 @@ Idempotency-Key header, the replica tag, the attributes a Router replica holds."
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
+from collections.abc import Mapping
 from pathlib import Path as FilePath
 from typing import Any
 
 import numpy as np
 from fastapi import Depends, Header, HTTPException, Path
+from pydantic import BaseModel
 from ray import serve
 
 from service.auth import Authenticator, Caller, Role
@@ -16,17 +20,17 @@ from service.canary import CanaryStats
 from service.http import make_api
 from service.live import LiveState
 from service.pool import PoolSpec
-from service.rules import Selection
+from service.rules import KeyReusedError, Selection
 from service.runtime import ReplicaRuntime
 from service.schemas import KEY_PATTERN, RuntimeKnobs
 from service.serving import Server
-from service.settings import Settings
+from service.settings import Limits, Settings
 from service.shadow import ShadowEvaluator
 from service.store import StoreError
 
 logger = logging.getLogger("pickserve")
-_limits = {"max_request_bytes": Settings.model_fields["max_request_bytes"].default}
-api = make_api(lambda: int(_limits["max_request_bytes"]))
+_limits = {"limits": Limits()}  # the replica's own, from its Settings (Router.__init__)
+api = make_api(lambda: _limits["limits"])
 _auth = {"authenticator": Authenticator([])}
 
 
@@ -53,6 +57,27 @@ def needs(*roles: Role, browser: bool = False) -> Any:
     return Depends(caller_with_role)
 
 
+def optional_caller() -> Any:
+    """For an open route that shows more to some roles: no token, None; a token that is
+    not known, 401 (a scraper with a wrong token should hear it, not get less). A closure,
+    as `needs` makes: Ray ships it by value with the `_auth` that `Router.__init__` fills
+    (a module-level function would read the module's own, never filled)."""
+
+    async def caller_or_none(
+        authorization: str | None = Header(None, include_in_schema=False),
+    ) -> Caller | None:
+        authenticator = _auth["authenticator"]
+        if authorization is None and authenticator.enabled:
+            return None
+        caller = authenticator.caller(authorization)  # with no tokens: anonymous, every role
+        if caller is None:
+            raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+        return caller
+
+    return Depends(caller_or_none)
+
+
+OPTIONAL_CALLER = optional_caller()
 INFER, LABEL, ADMIN = needs("infer"), needs("label"), needs("admin")
 INFER_OR_LABEL = needs("infer", "label")
 LABEL_PAGE = needs("label", browser=True)
@@ -63,10 +88,17 @@ def idempotency_header() -> Any:
     """The Idempotency-Key header (a default value: Ray pickles the class by value, so a
     name used only in a string annotation would not resolve in the replica)."""
     return Header(
-        None, pattern=KEY_PATTERN,
+        None, pattern=KEY_PATTERN, max_length=128,
         description="repeat a request with the same key after a 503 to learn its outcome; "
         "nothing is applied twice",
     )  # fmt: skip
+
+
+def request_digest(route: str, caller: Caller, request: BaseModel | None) -> str:
+    """What binds an Idempotency-Key: the route, the caller and the body (as validated)."""
+    body = "" if request is None else request.model_dump_json()
+    text = f"{route}\n{caller.name}\n{body}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class ReplicaTag:
@@ -129,6 +161,23 @@ class RouterBase:
     @property
     def knobs(self) -> RuntimeKnobs:
         return self.runtime.knobs
+
+    async def bind_key(
+        self, route: str, key: str | None, caller: Caller, request: BaseModel | None
+    ) -> Mapping[str, Any] | None:
+        """Bind a client's Idempotency-Key to this request (`LiveState.bind_key`): the
+        response recorded for an earlier identical request, or None; 422 if the key came
+        with another request before (nothing is changed)."""
+        if key is None:
+            return None
+        digest = request_digest(route, caller, request)
+        try:
+            return await self.runtime.run_store(self.state.bind_key, route, key, digest,
+                                                time.time())  # fmt: skip
+        except KeyReusedError as error:
+            raise HTTPException(422, str(error)) from None
+        except StoreError as error:
+            raise unavailable(error, "idempotency keys") from None
 
     @property
     def selection(self) -> Selection:

@@ -20,7 +20,8 @@ import ray
 from pydantic import ValidationError
 from ray.serve import Application
 
-from service.auth import TokenError, read_tokens, token_table
+from service import roster
+from service.auth import TokenError, TokenSpec, check_access, read_tokens, token_table
 from service.candidates import Candidates
 from service.demo_pool import ensure_demo
 from service.pool import PoolLoadError, load_pool
@@ -31,18 +32,32 @@ from service.store import StoreError, open_backend
 
 def resolve_pool_file(settings: Settings) -> Path:
     """The pool YAML to serve (the user's, or the demo pool, built on first use), after
-    loading and probing every candidate once here: a pool that cannot serve fails before
-    anything is deployed, with a one-line PoolLoadError, instead of inside a replica."""
+    it caught up with the store's pool (`roster.follow_store`) and every candidate was
+    loaded and probed once here: a pool that cannot serve fails before anything is
+    deployed, with a one-line PoolLoadError, instead of inside a replica."""
     if settings.pool is None:
         pool_file = ensure_demo(demo_folder(settings)).pool_file.resolve()
     else:
         pool_file = settings.pool.resolve()
+    backend = open_backend(settings)
+    try:
+        roster.follow_store(backend, pool_file)
+    finally:
+        backend.close()
     load_pool(pool_file)
     return pool_file
 
 
 def demo_folder(settings: Settings) -> Path:
     return (settings.state_dir / "demo-pool").resolve()
+
+
+def access_tokens(settings: Settings) -> list[TokenSpec]:
+    """The tokens, read once; refused when there are none (an empty list included) on an
+    address other than loopback. Every way the service starts comes through here."""
+    tokens = read_tokens(settings.tokens_file, settings.tokens)
+    check_access(settings.host, tokens, settings.allow_insecure)
+    return tokens
 
 
 def check_store(settings: Settings) -> None:
@@ -79,6 +94,7 @@ def check_cluster(settings: Settings) -> None:
 def build(settings: Settings, checked_pool: Path | None = None) -> Application:
     """The application; `checked_pool` is a pool file `resolve_pool_file` already checked."""
     settings = settings.model_copy(update={"state_dir": settings.state_dir.resolve()})
+    tokens = token_table(access_tokens(settings))  # first: no open door, whatever else
     check_cluster(settings)
     check_store(settings)
     pool_file = str(checked_pool or resolve_pool_file(settings))
@@ -93,7 +109,6 @@ def build(settings: Settings, checked_pool: Path | None = None) -> Application:
     # The knobs travel only as user_config: changing them must not change the init args,
     # or Ray Serve would restart the replicas instead of calling reconfigure().
     settings_json = settings.model_dump_json(exclude={"knobs", "tokens"})
-    tokens = token_table(read_tokens(settings.tokens_file, settings.tokens))
     application: Application = router.bind(candidates, settings_json, pool_file, tokens)
     return application
 

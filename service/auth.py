@@ -1,15 +1,18 @@
 """Tokens and roles: who may call which route.
 
 Each token has a name and roles. `infer` may predict (own API and OIP v2) and read the
-pool; `label` may lease items, post feedback, read the selection and open the labeling
-page; `admin` may do everything, including rounds and budgets. Health, metrics and the API
-docs are open (probes and scrapers; nothing in them is private).
+pool; `label` may lease items, post feedback, read the selection (without the posterior,
+losses and step, from which q could be worked out) and open the labeling page; `metrics`
+may scrape the whole of /metrics; `admin` may do everything, including rounds and budgets.
+Health, the API docs and /metrics without the picker's numbers are open (probes and
+scrapers).
 
 A token is sent as `Authorization: Bearer <token>`, or as the password of HTTP Basic
 (what a browser sends for the labeling page; the user name is ignored). Tokens are
 compared in constant time against SHA-256 digests held in memory; the tokens themselves
-are never logged. With no tokens configured, every route is open: fine on 127.0.0.1,
-refused on any other address unless `allow_insecure` says so (see `Settings`).
+are never logged. With no tokens configured (none given, or an empty list), every route is
+open: fine on 127.0.0.1, refused on any other address unless `allow_insecure` says so
+(`check_access`, run by every way the service starts).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-Role = Literal["infer", "label", "admin"]
+Role = Literal["infer", "label", "metrics", "admin"]
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -35,7 +38,7 @@ class TokenSpec(BaseModel):
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.@-]{1,64}$", description="who holds it")
     token: str = Field(..., min_length=16, max_length=256, description="the secret")
-    roles: list[Role] = Field(..., min_length=1, description="infer, label, admin")
+    roles: list[Role] = Field(..., min_length=1, description="infer, label, metrics, admin")
 
 
 class TokenError(ValueError):
@@ -68,7 +71,7 @@ def read_tokens(file: Path | None, inline: str | None) -> list[TokenSpec]:
             fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in error.errors())
             raise TokenError(
                 f"token entry {number} of {' + '.join(sources)}: bad {fields} (a name, a token "
-                "of 16-256 characters, roles from infer, label, admin)"
+                "of 16-256 characters, roles from infer, label, metrics, admin)"
             ) from None
     names = [t.name for t in tokens]
     if len(set(names)) != len(names):
@@ -76,6 +79,17 @@ def read_tokens(file: Path | None, inline: str | None) -> list[TokenSpec]:
     if len({t.token for t in tokens}) != len(tokens):
         raise TokenError("two token entries share one token")
     return tokens
+
+
+def check_access(host: str, tokens: Sequence[TokenSpec], allow_insecure: bool) -> None:
+    """With no tokens, anyone who reaches the port may reset rounds and steer labels: only
+    on 127.0.0.1, or when allow_insecure says so. An empty list is no tokens."""
+    if host not in LOOPBACK and not tokens and not allow_insecure:
+        raise TokenError(
+            f"listening on {host} with no tokens would open every route (rounds, labels) to "
+            "anyone who reaches the port: set PICKSERVE_TOKENS_FILE or PICKSERVE_TOKENS, or "
+            "PICKSERVE_ALLOW_INSECURE=true for a throwaway setup"
+        )
 
 
 def _digest(token: str) -> bytes:

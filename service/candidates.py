@@ -22,7 +22,14 @@ import numpy as np
 from ray import serve
 
 from service import roster
-from service.pool import FloatMatrix, LoadedPool, PoolLoadError, load_pool
+from service.pool import (
+    Candidate,
+    FloatMatrix,
+    LoadedPool,
+    PoolLoadError,
+    load_pool,
+    read_pool_spec,
+)
 from service.roster import RosterError
 from service.runner import ModelError, ModelRunner
 
@@ -92,9 +99,7 @@ class Candidates:
     async def _shadow(self, chunks: list[FloatMatrix], names: tuple[str, ...]) -> list[Any]:
         if tuple(self.runner.names) != names:
             try:
-                _, loaded = await asyncio.to_thread(
-                    roster.sync, self.pool_file, self.runner.candidates, names
-                )
+                loaded = await asyncio.to_thread(self._load, names)
             except (PoolLoadError, RosterError) as error:
                 return [Failed("pool", f"pool {list(names)} cannot be loaded: {error}",
                                "error")] * len(chunks)  # fmt: skip
@@ -104,6 +109,11 @@ class Candidates:
         except ModelError as failure:
             return [Failed.of(failure)] * len(chunks)
         return _split(predictions, [len(c) for c in chunks])
+
+    def _load(self, names: tuple[str, ...]) -> list[Candidate]:
+        """The pool `names` (a router follows the store's and brings the file up to date)."""
+        pool = read_pool_spec(self.pool_file)
+        return roster.load(self.pool_file, pool, self.runner.candidates, names)
 
     def check_health(self) -> None:
         if not self.pool.candidates:

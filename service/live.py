@@ -112,6 +112,34 @@ class LiveState:
                 return current
         raise StoreError("the round kept changing while it was read")
 
+    def selection_of(self, round_number: int, recent_swaps: int = RECENT_SWAPS) -> Selection:
+        """The view of one round: the current one as `selection` gives it; one a newer
+        round closed since then with its own tally (and its recorded posterior)."""
+        current = self.selection(recent_swaps)
+        if current.picker.round == round_number:
+            return current
+        doc = self._read(tally_key(round_number))
+        if doc is None:
+            raise StoreError(f"round {round_number} is not kept (PICKSERVE_ROUNDS_KEPT)")
+        tally = Tally.from_dict(doc.value)
+        return replace(current, tally=tally, tally_version=doc.version, posterior=tally.posterior)
+
+    # ---- idempotency keys ------------------------------------------------------------------
+
+    def bind_key(
+        self, scope: str, key: str, fingerprint: str, now: float
+    ) -> Mapping[str, Any] | None:
+        """Bind a client's Idempotency-Key on `scope` (a route) to the request it first came
+        with (`rules.bind_key`): the response recorded for an earlier identical request, or
+        None; KeyReusedError for the key with another request."""
+        doc_key = rules.key_key(scope, key)
+
+        def attempt() -> tuple[Txn | None, Any]:
+            return rules.bind_key(new_op("key"), self._read(doc_key), scope, key, fingerprint,
+                                  now, self.retention.item_s)  # fmt: skip
+
+        return self._transact(attempt)[1]  # type: ignore[no-any-return]
+
     # ---- observing live items ------------------------------------------------------------
 
     def observe(
@@ -143,14 +171,36 @@ class LiveState:
 
     # ---- labeling ------------------------------------------------------------------------
 
-    def lease(self, limit: int, now: float, lease_s: float, ttl_s: float) -> list[Item]:
-        """Hand out up to `limit` items nobody holds, for lease_s; items found dead (labeled,
-        expired, gone) leave the queue. ModelPicker's queue goes oldest first (cost:
-        log(queue) + limit per pass, 3 passes at most); a pool-based round's in its
-        belief's order (`_lease_ranked`)."""
+    def lease(
+        self, limit: int, now: float, lease_s: float, ttl_s: float, by: str = "anonymous"
+    ) -> list[Item]:
+        """Hand out to `by` up to `limit` items nobody holds, for lease_s (each item records
+        its holder); items found dead (labeled, expired, gone) leave the queue.
+        ModelPicker's queue goes oldest first (cost: log(queue) + limit per pass, 3 passes
+        at most); a pool-based round's in its belief's order (`_lease_ranked`)."""
         current = self.selection(recent_swaps=0, belief=False)
         if current.pooled:
-            return self._lease_ranked(current, limit, now, lease_s, ttl_s)
+            leased = self._lease_ranked(current, limit, now, lease_s, ttl_s)
+        else:
+            leased = self._lease_oldest(current, limit, now, lease_s, ttl_s)
+        return self._hold(leased, by, now + lease_s)
+
+    def _hold(self, items: Sequence[Item], by: str, until: float) -> list[Item]:
+        """The leased items record their holder (`rules.hold_items`)."""
+        if not items:
+            return []
+        ids = [i.item_id for i in items]
+
+        def attempt() -> tuple[Txn | None, Any]:
+            docs = self.backend.read([item_key(i) for i in ids])
+            return rules.hold_items(new_op("hold"), docs, ids, by, until)
+
+        return list(self._transact(attempt)[1])
+
+    def _lease_oldest(
+        self, current: Selection, limit: int, now: float, lease_s: float, ttl_s: float
+    ) -> list[Item]:
+        """ModelPicker's queue: the oldest items nobody holds."""
         round_number = current.picker.round
         queue = queue_key(round_number)
         lowest, highest = rules.lease_window(now, ttl_s)
@@ -206,17 +256,24 @@ class LiveState:
         return leased
 
     def renew(
-        self, op: str, item_ids: Sequence[str], now: float, lease_s: float, ttl_s: float
+        self,
+        op: str,
+        item_ids: Sequence[str],
+        now: float,
+        lease_s: float,
+        ttl_s: float,
+        by: str = "anonymous",
     ) -> list[str]:
-        """Extend the leases of these items while they wait for a label; returns the ids
-        renewed (the others were labeled, expired, or belong to an ended round)."""
+        """Extend `by`'s leases of these items while they wait for a label; returns the ids
+        renewed (the others were labeled, expired, belong to an ended round, or someone
+        else holds them)."""
         keys = {i: item_key(i) for i in item_ids}
 
         def attempt() -> tuple[Txn | None, Any]:
             current = self.selection(recent_swaps=0, belief=False)
             found = self.backend.read(list(keys.values()))
             items = {i: found.get(key) for i, key in keys.items()}
-            return rules.renew_leases(op, current, items, now, lease_s, ttl_s)
+            return rules.renew_leases(op, current, items, now, lease_s, ttl_s, by)
 
         committed, renewed = self._transact(attempt)
         return list(committed.result if committed.status == "replayed" else renewed)
@@ -369,15 +426,24 @@ class LiveState:
         }
 
     def add_candidate(
-        self, op: str, name: str, classes_of: Callable[[np.ndarray], np.ndarray], now: float
+        self,
+        op: str,
+        entry: Mapping[str, Any],
+        classes_of: Callable[[np.ndarray], np.ndarray],
+        now: float,
+        key: str | None = None,
     ) -> dict[str, Any]:
-        """`name` joins the current round (`pool_rules.add_candidate`); `classes_of(X)` is
-        the new candidate's predicted class per row. Returns its loss and label count."""
+        """The candidate `entry` (its pool file entry) joins the current round
+        (`pool_rules.add_candidate`; RosterError if its name is taken); `classes_of(X)` is
+        the new candidate's predicted class per row. Returns the pool after it, the served
+        model, its loss and label count; with the client's Idempotency-Key `key` (bound
+        already), that answer is kept with the key in the same step."""
+        key_doc = None if key is None else rules.key_key("candidates", key)
 
         def attempt() -> tuple[Txn | None, Any]:
             current = self.selection(recent_swaps=0, belief=False)
-            if name in current.meta.models:
-                raise StoreError(f"candidate {name!r} is already in the pool")
+            binding = None if key_doc is None else self._read(key_doc)
+            pool_rules.check_addition(current.meta.models, str(entry["name"]))
             labeled = self.backend.log(audit_key(current.picker.round), self.retention.audit_cap)
             if len(labeled) != current.picker.labels or any("q" not in e for e in labeled):
                 raise StoreError(
@@ -394,21 +460,22 @@ class LiveState:
             )
             waiting = dict(zip(pending, zip(pending.values(), classes[len(labeled):], strict=True),
                                strict=True))  # fmt: skip
-            txn = pool_rules.add_candidate(op, current, name, labeled, classes[: len(labeled)],
+            txn = pool_rules.add_candidate(op, current, entry, labeled, classes[: len(labeled)],
                                            waiting, now)  # fmt: skip
+            if key_doc is not None and binding is not None:
+                txn = rules.answering_key(txn, binding, key_doc, now, self.retention.item_s)
             return txn, txn.result
 
         committed, answer = self._transact(attempt)
         return dict(committed.result if committed.status == "replayed" else answer)
 
     def remove_candidate(self, op: str, name: str, now: float) -> str:
-        """Drop `name` from the pool (`pool_rules.remove_candidate`); returns the model
-        served after it."""
+        """Drop `name` from the pool (`pool_rules.remove_candidate`; RosterError if it is
+        not there, or the pool would keep fewer than two); returns the model served after."""
 
         def attempt() -> tuple[Txn | None, Any]:
             current = self.selection(recent_swaps=0)
-            if name not in current.meta.models:
-                raise StoreError(f"candidate {name!r} is not in the pool")
+            pool_rules.check_removal(current.meta.models, name)
             pending = self.pending_items(current)
             index = current.meta.models.index(name)
             txn = pool_rules.remove_candidate(op, current, index, pending, now)

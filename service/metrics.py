@@ -32,7 +32,10 @@ COUNTERS = {
     "items_served": ("Items answered, by served model", ("model",)),
     "shadow_items": ("Items run through every candidate, by outcome (done, shed)", ("outcome",)),
     "queries": ("Items the picker queued for labeling", ()),
-    "labels": ("Labels posted, by outcome (accepted, duplicate, unknown, invalid)", ("outcome",)),
+    "labels": (
+        "Labels posted, by outcome (accepted, duplicate, unknown, invalid, leased)",
+        ("outcome",),
+    ),
     "swaps": ("Hot swaps of the served model", ()),
     "canary_rollbacks": ("Canary swaps rolled back (errors or latency past their bounds)", ()),
     "drift_events": ("Drifts detected in the live stream (each may start a new round)", ()),
@@ -84,7 +87,7 @@ class LocalCounters:
 # dashboards have a series from the start (absent series read as "no data").
 KNOWN_LABELS: dict[str, tuple[str, ...]] = {
     "shadow_items": ("done", "shed"),
-    "labels": ("accepted", "duplicate", "unknown", "invalid"),
+    "labels": ("accepted", "duplicate", "unknown", "invalid", "leased"),
     "errors": ("model", "timeout", "store", "shadow", "nonfinite"),
 }
 
@@ -127,17 +130,28 @@ def _latency_family(stored: Mapping[str, float]) -> Metric:
     return family
 
 
-def _state_families(selection: Selection, queue_depth: int, store_up: bool) -> Iterable[Metric]:
+# What q (a label's weight) could be worked out from: shown to the `metrics` and `admin`
+# roles only; the open endpoint carries the rest.
+PICKER_FIGURES = ("posterior_weight", "best_model", "cumulative_loss", "picker_step")
+
+
+def _state_families(
+    selection: Selection, queue_depth: int, store_up: bool, full: bool
+) -> Iterable[Metric]:
     names = selection.model_names
-    weights = selection.weights()
-    best = selection.best
     indices = range(len(names))
     gauges: list[tuple[str, str, Iterable[float]]] = [
-        ("posterior_weight", "Posterior probability that the model is the best", weights.tolist()),
-        ("best_model", "1 for the posterior's best model", [float(i == best) for i in indices]),
-        ("served_model", "1 for the served model", [float(i == selection.served) for i in indices]),
-        ("cumulative_loss", "Importance-weighted loss L_i in this round", selection.picker.losses),
+        ("served_model", "1 for the served model", [float(i == selection.served) for i in indices])
     ]
+    if full:
+        best = selection.best
+        gauges += [
+            ("posterior_weight", "Posterior probability that the model is the best",
+             selection.weights().tolist()),
+            ("best_model", "1 for the posterior's best model", [float(i == best) for i in indices]),
+            ("cumulative_loss", "Importance-weighted loss L_i in this round",
+             selection.picker.losses),
+        ]  # fmt: skip
     for name, help_text, values in gauges:
         family = GaugeMetricFamily(PREFIX + name, help_text, labels=("model",))
         for model, value in zip(names, values, strict=True):
@@ -145,16 +159,18 @@ def _state_families(selection: Selection, queue_depth: int, store_up: bool) -> I
         yield family
     picker = selection.picker
     budget = -1 if picker.budget is None else picker.budget
-    for name, help_text, value in (
+    scalars: list[tuple[str, str, float]] = [
         ("label_queue_depth", "Items waiting for a label", queue_depth),
         ("round", "Current round", picker.round),
-        ("picker_step", "Items the picker has seen this round", picker.step),
         ("round_labels", "Labels applied this round", picker.labels),
         ("round_queries", "Queries issued this round", picker.queries),
         ("label_budget", "Queries allowed this round (-1: no budget)", budget),
         ("selection_version", "Bumps on every hot swap", selection.version),
         ("store_up", "1 when the state store answered this scrape", int(store_up)),
-    ):
+    ]
+    if full:
+        scalars.append(("picker_step", "Items the picker has seen this round", picker.step))
+    for name, help_text, value in scalars:
         yield GaugeMetricFamily(PREFIX + name, help_text, value=float(value))
     yield from _drift_families(selection)
 
@@ -192,14 +208,15 @@ class _StoredCollector(Collector):
         depth: int,
         store_up: bool,
         extra: Iterable[Metric],
+        full: bool,
     ) -> None:
         self._stored, self._selection, self._depth = stored, selection, depth
-        self._store_up, self._extra = store_up, list(extra)
+        self._store_up, self._extra, self._full = store_up, list(extra), full
 
     def collect(self) -> Iterable[Metric]:
         yield from _counter_families(self._stored, self._selection.model_names)
         yield _latency_family(self._stored)
-        yield from _state_families(self._selection, self._depth, self._store_up)
+        yield from _state_families(self._selection, self._depth, self._store_up, self._full)
         yield from self._extra
 
 
@@ -209,9 +226,11 @@ def render(
     queue_depth: int,
     store_up: bool = True,
     extra: Iterable[Metric] = (),
+    full: bool = True,
 ) -> bytes:
     """The Prometheus text exposition of stored counters and the picker's state, and of
-    `extra` gauges the answering replica knows (its paced shadow rate, say)."""
+    `extra` gauges the answering replica knows (its paced shadow rate, say). Without
+    `full`, none of the PICKER_FIGURES."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_StoredCollector(stored, selection, queue_depth, store_up, extra))
+    registry.register(_StoredCollector(stored, selection, queue_depth, store_up, extra, full))
     return generate_latest(registry)

@@ -9,26 +9,36 @@ candidates:
   - {name: mlp, onnx: models/mlp.onnx}                 # onnxruntime
   - {name: custom, python: my_pkg.models:make_model}   # factory() -> has predict_proba
 ```
-Relative paths are relative to the YAML file; a `python:` module is looked for in the YAML
-file's folder first, then in the folders of an optional `python_path:` list (relative to
-that folder), then among the installed packages. Each candidate is loaded and probed once
+Model files are named relative to the YAML file and must resolve (symlinks followed) to a
+file below its folder, the pool folder: a path outside it is refused without a word on
+whether it exists. A `python:` module must be found in the pool folder or in the folders
+of an optional `python_path:` list (relative to that folder); installed packages only with
+`allow_installed_modules: true` in the pool file. Each candidate is loaded and probed once
 (a batch of zeros must give one probability per class): anything that fails stops start-up
-with one line naming the candidate, its file and the reason.
+with one line naming the candidate, its file and the reason (never the file's contents).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 FloatMatrix = npt.NDArray[np.float64]
 
@@ -44,16 +54,44 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
 
+SERVED_MODEL = "router"  # the name OIP v2 clients use for the served model, never a candidate
+CANDIDATE_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+MODEL_PATH_CHARS = 1024  # a model file's path, relative to the pool folder
+
+
+def _no_nul(path: str | None) -> str | None:
+    if path is not None and "\x00" in path:
+        raise ValueError("a path holds no NUL character")
+    return path
+
+
+ModelPath = Annotated[
+    str, Field(min_length=1, max_length=MODEL_PATH_CHARS), AfterValidator(_no_nul)
+]
+
+
 class CandidateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    sklearn: str | None = Field(None, description="joblib or skops file of a fitted estimator")
-    onnx: str | None = Field(None, description="ONNX file (onnxruntime)")
-    python: str | None = Field(None, pattern=r"^[\w.]+:[\w]+$", description="module:factory")
+    name: str = Field(
+        ..., pattern=CANDIDATE_NAME_PATTERN, max_length=64,
+        description=f"the candidate's name (not {SERVED_MODEL!r}: that names the served model)",
+    )  # fmt: skip
+    sklearn: ModelPath | None = Field(
+        None, description="joblib or skops file of a fitted estimator, below the pool folder"
+    )
+    onnx: ModelPath | None = Field(
+        None, description="ONNX file (onnxruntime), below the pool folder"
+    )
+    python: str | None = Field(
+        None, pattern=r"^[\w.]+:[\w]+$", max_length=256,
+        description="module:factory, the module in the pool folder or python_path",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def exactly_one_source(self) -> CandidateSpec:
+        if self.name == SERVED_MODEL:
+            raise ValueError(f"{SERVED_MODEL!r} names the served model: choose another name")
         given = [s for s in (self.sklearn, self.onnx, self.python) if s is not None]
         if len(given) != 1:
             raise ValueError(f"candidate {self.name!r}: give exactly one of sklearn, onnx, python")
@@ -84,6 +122,11 @@ class PoolSpec(BaseModel):
         description="folders searched for `python:` modules, relative to the pool file's "
         "folder (which is always searched first)",
     )  # fmt: skip
+    allow_installed_modules: bool = Field(
+        False,
+        description="`python:` modules may also come from the installed packages (by default "
+        "only from the pool folder and python_path)",
+    )
     candidates: list[CandidateSpec] = Field(..., min_length=2, max_length=1000)
 
     @model_validator(mode="after")
@@ -194,9 +237,27 @@ def use_search_path(pool_file: Path, spec: PoolSpec) -> None:
             sys.path.insert(0, str(folder))
 
 
+def _check_module_place(module_name: str, pool_file: Path, pool: PoolSpec) -> None:
+    """A `python:` module must come from the pool folder or python_path, unless the pool
+    file allows installed packages: an admin naming `os:abort` gets a refusal, not a call."""
+    if pool.allow_installed_modules:
+        return
+    folders = search_path(pool_file, pool)
+    top = module_name.split(".")[0]
+    finder = importlib.machinery.PathFinder  # looks in those folders only
+    inside = finder.find_spec(top, [str(f) for f in folders]) is not None
+    if not inside:
+        raise _CandidateError(
+            f"cannot import module {module_name!r}: it is not in the pool folder or "
+            f"python_path ({', '.join(str(f) for f in folders)}; installed packages only "
+            "with allow_installed_modules: true in the pool file)"
+        )
+
+
 def _import_factory(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> Any:
     assert spec.python is not None
     module_name, factory_name = spec.python.split(":")
+    _check_module_place(module_name, pool_file, pool)
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
@@ -217,19 +278,40 @@ def _import_factory(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> Any
         raise _CandidateError(f"{factory_name}() raised {one_line(error)}") from error
 
 
+def confined_path(base: Path, source: str) -> Path:
+    """`source` resolved (symlinks followed) below the pool folder `base`; a path that
+    leaves it is refused before anything is looked up there (the answer says nothing of
+    what exists outside the pool)."""
+    root = base.resolve()
+    try:
+        path = (root / source).resolve()
+    except (OSError, RuntimeError, ValueError):
+        raise _CandidateError("its path cannot be resolved") from None
+    if not path.is_relative_to(root):
+        raise _CandidateError(
+            f"its path is outside the pool folder {root}: model files must be below it"
+        )
+    return path
+
+
 def _open_file(spec: CandidateSpec, base: Path) -> Any:
-    path = base / spec.source
-    if not path.exists():
+    path = confined_path(base, spec.source)
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except OSError as error:
+        raise _CandidateError(f"cannot look up {path} ({type(error).__name__})") from None
+    if not exists:
         raise _CandidateError(f"no such file: {path}")
-    if not path.is_file():
+    if not is_file:
         raise _CandidateError(f"not a file: {path}")
     if spec.onnx is not None:
         import onnxruntime
 
         try:
             return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as error:
-            raise _CandidateError(f"not a loadable ONNX model: {one_line(error)}") from error
+        except Exception as error:  # its message may quote the file: the type alone
+            reason = f"not a loadable ONNX model ({type(error).__name__})"
+            raise _CandidateError(reason) from error
     try:
         if path.suffix == ".skops":
             import skops.io
@@ -244,9 +326,9 @@ def _open_file(spec: CandidateSpec, base: Path) -> Any:
             "where the pool is loaded"
         ) from error
     except OSError as error:
-        raise _CandidateError(f"cannot read {path} ({one_line(error)})") from error
-    except Exception as error:
-        raise _CandidateError(f"cannot be unpickled ({one_line(error)})") from error
+        raise _CandidateError(f"cannot read {path} ({type(error).__name__})") from error
+    except Exception as error:  # its message may quote the file's bytes: the type alone
+        raise _CandidateError(f"cannot be unpickled ({type(error).__name__})") from error
 
 
 def _output_columns(model: Any, class_names: list[str]) -> npt.NDArray[np.int64] | None:

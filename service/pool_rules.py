@@ -14,6 +14,9 @@ else; if it was served, the posterior's best among the rest is served (a swap).
 
 One caveat, also in the README: items on which every earlier candidate agreed were asked
 with q = 0 and never labeled, so a newcomer's mistakes on such items are not counted.
+
+Both record the change in meta (`added`: the new candidate's pool file entry; `removed`:
+its name), so that the pool file can follow the store (`service.roster.follow`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,25 @@ from service.rules import (
 )
 from service.store.base import Doc, Put, Txn
 
+MIN_CANDIDATES = 2
+REMOVED_KEPT = 1000  # names of removed candidates meta remembers (the newest)
+
+
+class RosterError(ValueError):
+    """The change does not fit the pool (a name taken or unknown, too few candidates)."""
+
+
+def check_addition(models: Sequence[str], name: str) -> None:
+    if name in models:
+        raise RosterError(f"candidate {name!r} is already in the pool")
+
+
+def check_removal(models: Sequence[str], name: str) -> None:
+    if name not in models:
+        raise RosterError(f"unknown candidate {name!r}; candidates: {', '.join(models)}")
+    if len(models) <= MIN_CANDIDATES:
+        raise RosterError("a pool keeps at least two candidates: add one before removing")
+
 
 def backfilled_loss(labeled: Sequence[Mapping[str, Any]], predictions: Sequence[int]) -> float:
     """Σ [prediction ≠ label] / q over the round's labels, in the order they were applied
@@ -55,21 +77,26 @@ def _picker_with(picker: PickerState, losses: Sequence[float]) -> PickerState:
 def add_candidate(
     op: str,
     current: Selection,
-    name: str,
+    entry: Mapping[str, Any],
     labeled: Sequence[Mapping[str, Any]],
     labeled_predictions: Sequence[int],
     pending: Mapping[str, tuple[Doc, int]],
     now: float,
 ) -> Txn:
-    """`name` joins the round: its backfilled loss, its prediction on every pending item
-    (`pending`: item id -> (its document, the new candidate's class)). The compare-and-set
-    covers meta, the round's tally and every pending item."""
+    """The candidate `entry` (its pool file entry) joins the round: its backfilled loss,
+    its prediction on every pending item (`pending`: item id -> (its document, the new
+    candidate's class)). The compare-and-set covers meta, the round's tally and every
+    pending item."""
+    name = str(entry["name"])
+    check_addition(current.meta.models, name)
     loss = backfilled_loss(labeled, labeled_predictions)
     picker = _picker_with(current.picker, (*current.picker.losses, loss))
-    meta = replace(current.meta, models=(*current.meta.models, name))
+    meta = replace(current.meta, models=(*current.meta.models, name),
+                   added={**current.meta.added, name: dict(entry)},
+                   removed=tuple(r for r in current.meta.removed if r != name))  # fmt: skip
     round_key = tally_key(picker.round)
-    put = {META: Put(meta.to_dict()),
-           round_key: Put(replace(current.tally, picker=picker).to_dict())}  # fmt: skip
+    tally = replace(current.tally, picker=picker, models=meta.models)
+    put = {META: Put(meta.to_dict()), round_key: Put(tally.to_dict())}
     expect = {META: current.meta_version, round_key: current.tally_version}
     for item_id, (doc, predicted) in pending.items():
         item = Item.from_dict(item_id, doc.value)
@@ -79,8 +106,9 @@ def add_candidate(
     record = {"time": now, "kind": "candidate_added", "from_model": name, "to_model": name,
               "labels": picker.labels, "round": picker.round, "trigger_item": None,
               "reason": f"backfilled loss {loss:.6g} from {len(labeled)} labels"}  # fmt: skip
-    return Txn(op, expect=expect, put=put, append={SWAPS: [record]},
-               result={"loss": loss, "labels": len(labeled)})  # fmt: skip
+    answer = {"candidates": list(meta.models), "served_model": meta.models[meta.served],
+              "loss": loss, "labels": len(labeled)}  # fmt: skip
+    return Txn(op, expect=expect, put=put, append={SWAPS: [record]}, result=answer)
 
 
 def _without(index: int, removed: int) -> int:
@@ -94,6 +122,7 @@ def remove_candidate(
     item; a canary or a bar involving it ends; if it was served, the posterior's best of
     the others is served from now on."""
     meta, tally = current.meta, current.tally
+    check_removal(meta.models, meta.models[removed])
     losses = [x for i, x in enumerate(tally.picker.losses) if i != removed]
     picker = _picker_with(tally.picker, losses)
     models = tuple(m for i, m in enumerate(meta.models) if i != removed)
@@ -118,11 +147,15 @@ def remove_candidate(
     if monitor is not None:
         monitor = (None if monitor.model == removed
                    else replace(monitor, model=_without(monitor.model, removed)))  # fmt: skip
+    name = meta.models[removed]
     new_meta = replace(meta, models=models, served=served, version=version, canary=canary,
-                       barred=barred)  # fmt: skip
+                       barred=barred,
+                       added={k: v for k, v in meta.added.items() if k != name},
+                       removed=(*meta.removed, name)[-REMOVED_KEPT:])  # fmt: skip
     round_key = tally_key(picker.round)
     put = {META: Put(new_meta.to_dict()),
-           round_key: Put(replace(tally, picker=picker, monitor=monitor).to_dict())}  # fmt: skip
+           round_key: Put(replace(tally, picker=picker, monitor=monitor,
+                                  models=models).to_dict())}  # fmt: skip
     expect = {META: current.meta_version, round_key: current.tally_version}
     for item_id, doc in pending.items():
         item = Item.from_dict(item_id, doc.value)

@@ -15,13 +15,13 @@ import ray.cloudpickle
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from service import routes_candidates, routes_inference, routes_labeling, routes_state
+from service import roster, routes_candidates, routes_inference, routes_labeling, routes_state
 from service.api import (
     _auth,
     _limits,
     api,
 )
-from service.auth import Authenticator
+from service.auth import Authenticator, check_access
 from service.canary import CanaryStats, canary_key
 from service.health import PROBE_S
 from service.live import LiveState
@@ -58,23 +58,27 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
         token_table: list[dict[str, Any]],
     ) -> None:
         self.settings = Settings.model_validate_json(settings_json)
-        _limits["max_request_bytes"] = self.settings.max_request_bytes
+        _limits["limits"] = self.settings.limits()
+        if not token_table:  # however the app was built: no open door off loopback
+            check_access(self.settings.host, [], self.settings.allow_insecure)
         _auth["authenticator"] = Authenticator(token_table)
         self.candidates = candidates
         self.pool_file = FilePath(pool_file)
         self._pool_lock = asyncio.Lock()
+        settings = self.settings
+        classes = len(read_pool_spec(self.pool_file).class_names)
+        self.state = LiveState(open_backend(settings), retention(settings), classes)
+        # A replica restarted after a candidate change stopped half-way: the file catches up.
+        await asyncio.to_thread(roster.follow_store, self.state.backend, self.pool_file)
         self.pool: PoolSpec = read_pool_spec(self.pool_file)
         self.names = [c.name for c in self.pool.candidates]
         initial = 0 if self.pool.initial is None else self.names.index(self.pool.initial)
-        settings = self.settings
         # serve_from=router: the served model answers in this process, no extra hop.
         runner = (
             ModelRunner(load_pool(FilePath(pool_file)).candidates, settings.model_timeout_s,
                         settings.model_threads)
             if settings.serve_from == "router" else None
         )  # fmt: skip
-        self.state = LiveState(open_backend(settings), retention(settings),
-                               len(self.pool.class_names))  # fmt: skip
         self.runtime = ReplicaRuntime(self.state, settings.selection_refresh_s)
         self.server = Server(self.names, runner, candidates, self.runtime.counters,
                              settings.model_timeout_s)  # fmt: skip

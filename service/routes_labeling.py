@@ -44,7 +44,7 @@ class LabelingRoutes(RouterBase):
         now, knobs = time.time(), self.knobs
         try:
             leased = await self.runtime.run_store(
-                self.state.lease, limit, now, knobs.lease_s, knobs.query_ttl_s
+                self.state.lease, limit, now, knobs.lease_s, knobs.query_ttl_s, caller.name
             )
             depth = await self.runtime.run_store(self.state.queue_depth, now, knobs.query_ttl_s)
         except StoreError as error:
@@ -74,7 +74,7 @@ class LabelingRoutes(RouterBase):
         try:
             renewed = await self.runtime.run_store(
                 self.state.renew, new_op("renew"), request.item_ids, now, knobs.lease_s,
-                knobs.query_ttl_s,
+                knobs.query_ttl_s, caller.name,
             )  # fmt: skip
         except StoreError as error:
             raise unavailable(error, "the queue") from error
@@ -97,10 +97,13 @@ class LabelingRoutes(RouterBase):
         caller: Caller = LABEL,
     ) -> JSONResponse:
         """Labels by item id. A request with an invalid label applies nothing (422);
-        otherwise each label is applied once and answered accepted, duplicate or unknown.
-        The status is 200 when any label was accepted, else 409 (duplicates) or 404. When the
-        store fails part-way, 503: repeat with the same Idempotency-Key to learn the rest."""
+        otherwise each label is applied once and answered accepted, duplicate, unknown, or
+        leased (another labeler holds the item's lease). The status is 200 when any label
+        was accepted, else 409 (duplicates, leased) or 404. When the store fails part-way,
+        503: repeat with the same Idempotency-Key to learn the rest. The key names one
+        request: with another body, or from another caller, it is a 422."""
         counters = self.runtime.counters
+        await self.bind_key("feedback", idempotency_key, caller, request)
         labels, invalid = check_labels(request.labels, self.pool.class_names)
         if invalid:
             counters.inc("labels", "invalid", value=len(invalid))
@@ -134,7 +137,7 @@ class LabelingRoutes(RouterBase):
             body = {"detail": detail, "results": [r.model_dump() for r in results]}
             return AsciiJSONResponse(body, status_code=503, headers=headers)
         outcomes = {r.outcome for r in done}
-        status = 200 if accepted else 409 if "duplicate" in outcomes else 404
+        status = 200 if accepted else 409 if outcomes & {"duplicate", "leased"} else 404
         response = schemas.FeedbackResponse(
             results=results, served_model=self.names[selection.served],
             selection_version=selection.version,

@@ -13,6 +13,7 @@ from service.api import (
     ADMIN,
     INFER_OR_LABEL,
     LABEL,
+    OPTIONAL_CALLER,
     RouterBase,
     api,
     idempotency_header,
@@ -23,6 +24,7 @@ from service.live import new_op
 from service.metrics import gauge, render
 from service.shadow import paced_rate
 from service.store import StoreError
+from service.views import round_view, selection_view
 
 
 class StateRoutes(RouterBase):
@@ -38,24 +40,23 @@ class StateRoutes(RouterBase):
 
     @api.get("/v1/selection", response_model=schemas.Selection)
     async def get_selection(self, caller: Caller = LABEL) -> schemas.Selection:
-        """The picker's state, the served model and the audit trail of swaps."""
-        return await self._selection_response()
+        """The picker's state, the served model and the audit trail of swaps (the
+        posterior, losses, step and best model for admins only)."""
+        return await self._selection_response(caller.may("admin"))
 
-    async def _selection_response(self) -> schemas.Selection:
+    async def _selection_response(
+        self, full: bool = True, round_number: int | None = None
+    ) -> schemas.Selection:
+        """The current round's view, or with `round_number` that round's (a round another
+        request started right after it is not this request's answer)."""
         try:
-            selection = await self.runtime.run_store(self.state.selection)
+            if round_number is None:
+                selection = await self.runtime.run_store(self.state.selection)
+            else:
+                selection = await self.runtime.run_store(self.state.selection_of, round_number)
         except StoreError as error:
             raise unavailable(error, "the selection") from error
-        picker = selection.picker
-        return schemas.Selection(
-            round=picker.round, step=picker.step, queries=picker.queries, labels=picker.labels,
-            label_budget=picker.budget, selector=selection.tally.selector,  # type: ignore[arg-type]
-            posterior=dict(zip(self.names, selection.weights().tolist(), strict=True)),
-            losses=dict(zip(self.names, picker.losses, strict=True)),
-            best_model=self.names[selection.best],
-            served_model=self.names[selection.served], selection_version=selection.version,
-            swaps=[schemas.SwapRecord.model_validate(s) for s in selection.swaps],
-        )  # fmt: skip
+        return selection_view(selection, full)
 
     @api.post("/v1/rounds", response_model=schemas.Selection)
     async def new_round(
@@ -66,15 +67,16 @@ class StateRoutes(RouterBase):
     ) -> schemas.Selection:
         """Start a new round (a new data period): losses and step reset, the queue is
         dropped, the served model stays until labels move the posterior."""
+        await self.bind_key("rounds", idempotency_key, caller, request)
         op = f"round:{idempotency_key}" if idempotency_key else new_op("round")
         try:
             budget = self.selection.meta.config_budget
             if request is not None and "label_budget" in request.model_fields_set:
                 budget = request.label_budget
-            await self.runtime.run_store(self.state.start_round, op, budget, time.time())
+            started = await self.runtime.run_store(self.state.start_round, op, budget, time.time())
         except StoreError as error:
             raise unavailable(error, "rounds") from error
-        return await self._selection_response()
+        return await self._selection_response(round_number=started)
 
     @api.get("/v1/rounds", response_model=schemas.RoundsResponse)
     async def list_rounds(
@@ -87,20 +89,7 @@ class StateRoutes(RouterBase):
             records = await self.runtime.run_store(self.state.rounds, limit)
         except StoreError as error:
             raise unavailable(error, "rounds") from error
-        rounds = []
-        for record in records:
-            picker = record.tally.picker
-            rounds.append(schemas.RoundRecord(
-                round=record.number, started_at=record.tally.started_at,
-                ended_at=record.tally.ended_at, label_budget=picker.budget, step=picker.step,
-                selector=record.tally.selector,
-                queries=picker.queries, labels=picker.labels,
-                posterior=dict(zip(self.names, record.tally.weights().tolist(), strict=True)),
-                best_model=self.names[record.best],
-                swaps=[schemas.SwapRecord.model_validate(s) for s in record.swaps],
-                started_by=None if record.tally.started_by is None
-                else dict(record.tally.started_by),
-            ))  # fmt: skip
+        rounds = [round_view(record, self.names) for record in records]
         return schemas.RoundsResponse(rounds=rounds)
 
     @api.get("/v1/rounds/{number}/labels", response_model=schemas.LabelAudit)
@@ -151,9 +140,12 @@ class StateRoutes(RouterBase):
         return [gauge("shadow_rate", meaning, rate), healthy]
 
     @api.get("/metrics")
-    async def metrics(self) -> Response:
+    async def metrics(self, caller: Caller | None = OPTIONAL_CALLER) -> Response:
         """Prometheus text format; the same numbers whichever replica answers. While the
-        store is unreachable: this replica's last known numbers, with pickserve_store_up 0."""
+        store is unreachable: this replica's last known numbers, with pickserve_store_up 0.
+        Open, without the posterior, losses, best model and step; with a token of the
+        `metrics` (or admin) role, with them."""
+        full = caller is not None and caller.may("metrics")
         now = time.time()
         try:
             await self.runtime.flush()
@@ -163,8 +155,8 @@ class StateRoutes(RouterBase):
                 self.state.queue_depth, now, self.knobs.query_ttl_s
             )
             self._last_metrics = (stored, depth)
-            text = render(stored, selection, depth, True, self._replica_gauges())
+            text = render(stored, selection, depth, True, self._replica_gauges(), full)
         except StoreError:
             stored, depth = self._last_metrics
-            text = render(stored, self.selection, depth, False, self._replica_gauges())
+            text = render(stored, self.selection, depth, False, self._replica_gauges(), full)
         return Response(text, media_type=CONTENT_TYPE_LATEST)

@@ -45,7 +45,7 @@ META, COUNTERS, SWAPS = "meta", "counters", "swaps"
 # event is counted exactly once whatever happens to the answer (`metrics.counter_key` form).
 QUERIES_COUNTER, ACCEPTED_COUNTER, SWAPS_COUNTER = "queries", "labels|accepted", "swaps"
 DRIFT_COUNTER = "drift_events"
-LabelOutcome = Literal["accepted", "duplicate", "unknown"]
+LabelOutcome = Literal["accepted", "duplicate", "unknown", "leased"]
 MODELPICKER, POOL_BASED = "modelpicker", "pool-based"
 
 
@@ -86,6 +86,10 @@ class Meta:
     swapped_at: tuple[int, int] | None = None  # (round, labels in it) at the last swap
     canary: Mapping[str, Any] | None = None  # a canary swap under way (service.canary)
     barred: tuple[int, tuple[int, ...]] | None = None  # (round, models rolled back in it)
+    # Candidates changed at run time, so that the pool file can follow the store: the pool
+    # file entries of those added (by name), the names of those removed (the newest).
+    added: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    removed: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         swapped = None if self.swapped_at is None else list(self.swapped_at)
@@ -94,7 +98,8 @@ class Meta:
                 "version": self.version, "round": self.round,
                 "config_budget": self.config_budget, "swapped_at": swapped,
                 "canary": None if self.canary is None else dict(self.canary),
-                "barred": barred}  # fmt: skip
+                "barred": barred, "added": {k: dict(v) for k, v in self.added.items()},
+                "removed": list(self.removed)}  # fmt: skip
 
     def is_barred(self, model: int, round_number: int) -> bool:
         """Rolled back as a canary in this round: not tried again until the next one."""
@@ -112,7 +117,8 @@ class Meta:
                    int(data["round"]), data["config_budget"],
                    None if swapped is None else (int(swapped[0]), int(swapped[1])),
                    data.get("canary"),
-                   None if barred is None else (int(barred[0]), tuple(barred[1])))  # fmt: skip
+                   None if barred is None else (int(barred[0]), tuple(barred[1])),
+                   dict(data.get("added") or {}), tuple(data.get("removed") or ()))  # fmt: skip
 
     def labels_since_swap(self, round_number: int, labels: int) -> int:
         """Labels applied since the last swap: in this round after it, or all of this
@@ -138,25 +144,38 @@ class Tally:
     started_by: Mapping[str, Any] | None = None
     selector: str = MODELPICKER
     posterior: tuple[float, ...] | None = None
+    models: tuple[str, ...] | None = None  # the candidates its per-model figures are for
 
     def to_dict(self) -> dict[str, Any]:
         monitor = None if self.monitor is None else self.monitor.to_dict()
         started_by = None if self.started_by is None else dict(self.started_by)
         posterior = None if self.posterior is None else list(self.posterior)
+        models = None if self.models is None else list(self.models)
         return {"picker": self.picker.to_dict(), "closed": self.closed,
                 "started_at": self.started_at, "ended_at": self.ended_at,
                 "monitor": monitor, "started_by": started_by, "selector": self.selector,
-                "posterior": posterior}  # fmt: skip
+                "posterior": posterior, "models": models}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Tally:
         ended, monitor = data.get("ended_at"), data.get("monitor")
         posterior = data.get("posterior")  # absent in states written before pool-based
+        models = data.get("models")  # absent in states written before it was kept
         return cls(PickerState.from_dict(data["picker"]), bool(data["closed"]),
                    float(data["started_at"]), None if ended is None else float(ended),
                    None if monitor is None else Monitor.from_dict(monitor),
                    data.get("started_by"), str(data.get("selector", MODELPICKER)),
-                   None if posterior is None else tuple(float(w) for w in posterior))  # fmt: skip
+                   None if posterior is None else tuple(float(w) for w in posterior),
+                   None if models is None else tuple(str(m) for m in models))  # fmt: skip
+
+    def model_names(self, current: Sequence[str]) -> list[str]:
+        """The candidates this round's losses and posterior are for, in their order (a
+        round kept from before the names were stored: the current pool's, if it fits)."""
+        if self.models is not None:
+            return list(self.models)
+        if len(current) == self.picker.n_models:
+            return list(current)
+        return [f"model-{i}" for i in range(self.picker.n_models)]
 
     @property
     def pooled(self) -> bool:
@@ -191,12 +210,24 @@ class Item:
     op: str | None = None  # the op that applied the label
     labeled_at: float | None = None
     expire_at: float | None = None  # the record is forgotten then (Retention.item_s)
+    holder: str | None = None  # who leased it last (a token's name), until `lease_until`
+    lease_until: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"round": self.round, "q": self.q, "predictions": list(self.predictions),
                 "instance": list(self.instance), "created_at": self.created_at,
                 "status": self.status, "label": self.label, "op": self.op,
-                "labeled_at": self.labeled_at, "expire_at": self.expire_at}  # fmt: skip
+                "labeled_at": self.labeled_at, "expire_at": self.expire_at,
+                "holder": self.holder, "lease_until": self.lease_until}  # fmt: skip
+
+    def held_by_other(self, by: str, now: float) -> bool:
+        """Leased to someone else, and that lease has not ended."""
+        return (
+            self.holder is not None
+            and self.holder != by
+            and self.lease_until is not None
+            and self.lease_until > now
+        )
 
     @classmethod
     def from_dict(cls, item_id: str, data: Mapping[str, Any]) -> Item:
@@ -204,7 +235,7 @@ class Item:
                    tuple(int(p) for p in data["predictions"]),
                    tuple(float(x) for x in data["instance"]), float(data["created_at"]),
                    data["status"], data["label"], data["op"], data["labeled_at"],
-                   data["expire_at"])  # fmt: skip
+                   data["expire_at"], data.get("holder"), data.get("lease_until"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -277,7 +308,8 @@ def initialise(
 ) -> Txn:  # fmt: skip
     """The whole initial state in one transaction (it applies only if no state exists)."""
     meta = Meta(tuple(models), served, config_budget=budget)
-    tally = Tally(initial_state(len(models), budget=budget), started_at=now, selector=selector)
+    tally = Tally(initial_state(len(models), budget=budget), started_at=now, selector=selector,
+                  models=tuple(models))  # fmt: skip
     return Txn(op, expect={META: 0, tally_key(0): 0},
                put={META: Put(meta.to_dict()), tally_key(0): Put(tally.to_dict())})  # fmt: skip
 
@@ -293,6 +325,46 @@ def check_pool(meta: Meta, models: Sequence[str], where: str) -> None:
 def selection(meta: Doc, tally: Doc, swaps: list[dict[str, Any]]) -> Selection:
     return Selection(Meta.from_dict(meta.value), Tally.from_dict(tally.value),
                      meta.version, tally.version, swaps)  # fmt: skip
+
+
+# ---- idempotency keys -------------------------------------------------------------------
+
+
+class KeyReusedError(ValueError):
+    """An Idempotency-Key came again with another request (route, caller or body)."""
+
+
+def key_key(scope: str, key: str) -> str:
+    """The record binding a client's Idempotency-Key (on one route) to its first request."""
+    return f"key:{scope}:{key}"
+
+
+def bind_key(
+    op: str, doc: Doc | None, scope: str, key: str, fingerprint: str, now: float, keep_s: float
+) -> tuple[Txn | None, Mapping[str, Any] | None]:
+    """A key's first use binds it to `fingerprint` (the request's digest) for `keep_s`; a
+    repeat of that request passes, with the response recorded for it, if any (None: none
+    yet: the request runs again, its writes keyed so that nothing applies twice); the key
+    with any other request is refused (KeyReusedError), and nothing changes."""
+    if doc is None:
+        record = {"fingerprint": fingerprint, "response": None}
+        return Txn(op, expect={key_key(scope, key): 0},
+                   put={key_key(scope, key): Put(record, now + keep_s)}), None  # fmt: skip
+    if doc.value["fingerprint"] != fingerprint:
+        raise KeyReusedError(
+            f"Idempotency-Key {key!r} was used before with another request (another body or "
+            "another caller): a key names one request; use a new key for a new request"
+        )
+    response = doc.value.get("response")
+    return None, None if response is None else dict(response)
+
+
+def answering_key(txn: Txn, doc: Doc, doc_key: str, now: float, keep_s: float) -> Txn:
+    """`txn` that also keeps its answer (`txn.result`) with the key's binding `doc`, in the
+    same step: a repeat of the request then gets that answer, whatever happened between."""
+    record = {**doc.value, "response": txn.result}
+    return replace(txn, expect={**txn.expect, doc_key: doc.version},
+                   put={**txn.put, doc_key: Put(record, now + keep_s)})  # fmt: skip
 
 
 # ---- observing live items (shadow evaluation) -------------------------------------------
@@ -411,24 +483,49 @@ def renew_leases(
     now: float,
     lease_s: float,
     ttl_s: float,
+    by: str = "anonymous",
 ) -> tuple[Txn | None, list[str]]:
-    """Extend to now + lease_s the leases of items still waiting for a label in the current
-    round (a labeler still working on them); the others are returned as not renewed. The
-    compare-and-set covers the round and every renewed item, so a label or a new round
-    landing meanwhile makes the caller read again."""
+    """Extend to now + lease_s, for `by`, the leases of items still waiting for a label in
+    the current round that nobody else holds (a labeler still working on them); the others
+    are returned as not renewed. The compare-and-set covers the round and every renewed
+    item, so a label or a new round landing meanwhile makes the caller read again."""
     round_number = current.picker.round
     renewed: dict[str, float] = {}
-    expect = {META: current.meta_version}
+    expect, put = {META: current.meta_version}, {}
     for item_id, doc in items.items():
         item = None if doc is None else Item.from_dict(item_id, doc.value)
-        if doc is not None and leasable(item, round_number, now, ttl_s):
-            renewed[item_id] = now + lease_s
-            expect[item_key(item_id)] = doc.version
+        if doc is None or item is None or not leasable(item, round_number, now, ttl_s):
+            continue
+        if item.held_by_other(by, now):
+            continue
+        renewed[item_id] = now + lease_s
+        expect[item_key(item_id)] = doc.version
+        held = replace(item, holder=by, lease_until=now + lease_s)
+        put[item_key(item_id)] = Put(held.to_dict(), held.expire_at)
     if not renewed:
         return None, []
-    txn = Txn(op, expect=expect, push={queue_key(round_number): renewed},
+    txn = Txn(op, expect=expect, put=put, push={queue_key(round_number): renewed},
               result=sorted(renewed))  # fmt: skip
     return txn, sorted(renewed)
+
+
+def hold_items(
+    op: str, docs: Mapping[str, Doc], ids: Sequence[str], by: str, until: float
+) -> tuple[Txn | None, list[Item]]:
+    """The items a lease just took (`ids`, whose documents are `docs`) record who holds
+    them until when; an item gone meanwhile is left out."""
+    held, put, expect = [], {}, {}
+    for item_id in ids:
+        doc = docs.get(item_key(item_id))
+        if doc is None:
+            continue
+        item = replace(Item.from_dict(item_id, doc.value), holder=by, lease_until=until)
+        held.append(item)
+        put[item_key(item_id)] = Put(item.to_dict(), item.expire_at)
+        expect[item_key(item_id)] = doc.version
+    if not held:
+        return None, []
+    return Txn(op, expect=expect, put=put), held
 
 
 def lease_window(now: float, ttl_s: float) -> tuple[float, float]:
@@ -451,7 +548,9 @@ def apply_label(
     the item also joins the round's labeled set (its belief is derived from the items).
 
     A repeat by the op that applied it is answered 'accepted' (the truth for a retry after
-    an unclear outcome); any other repeat is 'duplicate'. Stale items are 'unknown'."""
+    an unclear outcome); any other repeat is 'duplicate'. Stale items are 'unknown'. An
+    item someone else holds a live lease on is 'leased' and keeps waiting for its holder's
+    label (a label counts from its holder, or from anyone once no lease holds it)."""
     if item is None:
         return "unknown", "this item was never queued for labeling (or its record expired)", None
     stored = Item.from_dict(item_id, item.value)
@@ -464,6 +563,8 @@ def apply_label(
         return "unknown", "this item belongs to an earlier round", None
     if stored.created_at < now - ttl_s:
         return "unknown", "this item expired (query_ttl_s)", None
+    if stored.held_by_other(by, now):
+        return "leased", "another labeler holds this item's lease: the label was not applied", None
     increments = loss_increments(stored.predictions, label, stored.q)
     updated = replace(round_tally, picker=apply_increments(round_tally.picker, increments))
     labeled = replace(stored, status="labeled", label=label, op=op, labeled_at=now)
@@ -509,7 +610,11 @@ def new_round(
     if if_round is not None and if_round != old:
         return None, old
     fresh = Tally(initial_state(current.picker.n_models, budget, old + 1), started_at=now,
-                  started_by=started_by, selector=selector or current.tally.selector)  # fmt: skip
+                  started_by=started_by, selector=selector or current.tally.selector,
+                  models=current.meta.models)  # fmt: skip
+    # The closing round keeps the names its figures are for (a round stored before they
+    # were kept: the pool's now, which is the one its losses follow).
+    current = replace(current, tally=replace(current.tally, models=current.meta.models))
     meta = replace(current.meta, round=old + 1)
     closed = replace(current.tally, closed=True, ended_at=now)
     if current.pooled:

@@ -24,7 +24,9 @@ def _encodable(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_encodable)]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# A number where a number is meant: JSON booleans and strings are refused, not coerced.
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+StrictInt = Annotated[int, Field(strict=True)]
 
 
 class Strict(BaseModel):
@@ -171,7 +173,7 @@ class QueriesResponse(Strict):
 
 
 class RenewRequest(Strict):
-    item_ids: list[Annotated[str, Field(pattern=ITEM_ID_PATTERN)]] = Field(
+    item_ids: list[Annotated[str, Field(pattern=ITEM_ID_PATTERN, max_length=64)]] = Field(
         ..., min_length=1, max_length=500, description="items the caller still works on"
     )
 
@@ -179,13 +181,16 @@ class RenewRequest(Strict):
 class RenewResponse(Strict):
     renewed: list[str] = Field(..., description="items whose lease now ends at lease_expires_at")
     gone: list[str] = Field(
-        ..., description="items no longer waiting (labeled, expired, or of an ended round)"
-    )
+        ..., description="items no longer waiting for this caller (labeled, expired, of an "
+        "ended round, or leased to someone else)",
+    )  # fmt: skip
     lease_expires_at: float = Field(..., description="unix time the renewed leases end")
 
 
 class Label(Strict):
-    item_id: str = Field(..., pattern=ITEM_ID_PATTERN, description="from /v1/queries")
+    item_id: str = Field(
+        ..., pattern=ITEM_ID_PATTERN, max_length=64, description="from /v1/queries"
+    )
     label: (
         Annotated[int, Field(strict=True, ge=-(2**31), le=2**31)]
         | Annotated[Text, Field(min_length=1, max_length=256)]
@@ -196,12 +201,15 @@ class FeedbackRequest(Strict):
     labels: list[Label] = Field(..., min_length=1, max_length=1000, description="labels by item")
 
 
-Outcome = Literal["accepted", "duplicate", "unknown", "invalid"]
+Outcome = Literal["accepted", "duplicate", "unknown", "invalid", "leased"]
 
 
 class LabelResult(Strict):
     item_id: str = Field(..., description="the item the label was for")
-    outcome: Outcome = Field(..., description="accepted, duplicate, unknown or invalid")
+    outcome: Outcome = Field(
+        ..., description="accepted, duplicate, unknown, invalid, or leased (another labeler "
+        "holds the item's lease: not applied)",
+    )  # fmt: skip
     detail: str | None = Field(None, description="why, when not accepted")
 
 
@@ -245,19 +253,28 @@ class PoolInfo(Strict):
 
 
 class Selection(Strict):
+    """What the picker decided. The posterior, the losses, the step and the best model are
+    for admins only: from them and an item's predictions, q (what a label weighs) could be
+    worked out, and a labeler who knew it could steer the served model."""
+
     round: int = Field(..., ge=0, description="current round")
-    step: int = Field(..., ge=0, description="items the picker has seen this round")
+    step: int | None = Field(
+        ..., ge=0, description="items the picker has seen this round (admins only)"
+    )
     queries: int = Field(..., ge=0, description="items queued for labeling this round")
     labels: int = Field(..., ge=0, description="labels applied this round")
     label_budget: int | None = Field(..., description="queries allowed this round")
     selector: Literal["modelpicker", "pool-based"] = Field(
         ..., description="the round's selector (how its items were chosen)"
     )
-    posterior: dict[str, float] = Field(..., description="probability each model is the best")
-    losses: dict[str, float] = Field(
-        ..., description="importance-weighted loss L_i (pool-based: mistakes on labeled items)"
+    posterior: dict[str, float] | None = Field(
+        ..., description="probability each model is the best (admins only)"
     )
-    best_model: str = Field(..., description="the posterior's best")
+    losses: dict[str, float] | None = Field(
+        ..., description="importance-weighted loss L_i (pool-based: mistakes on labeled items; "
+        "admins only)",
+    )  # fmt: skip
+    best_model: str | None = Field(..., description="the posterior's best (admins only)")
     served_model: str = Field(..., description="the model answering clients")
     selection_version: int = Field(..., ge=0, description="bumps on every hot swap")
     swaps: list[SwapRecord] = Field(..., description="recent swaps, oldest first")
@@ -301,7 +318,7 @@ class LabelAudit(Strict):
 
 
 class RoundRequest(Strict):
-    label_budget: int | None = Field(
+    label_budget: StrictInt | None = Field(
         None, ge=0, le=10_000_000,
         description="queries allowed in the new round; absent: the deployment's label_budget, "
         "null: no budget",
@@ -309,14 +326,14 @@ class RoundRequest(Strict):
 
 
 class BudgetRequest(Strict):
-    label_budget: int | None = Field(
+    label_budget: StrictInt | None = Field(
         ..., ge=0, le=10_000_000, description="queries allowed in the current round (null: none)"
     )
 
 
 V2Parameters = dict[
     Annotated[Text, Field(max_length=64)],
-    Annotated[float, Field(allow_inf_nan=False)] | bool | Annotated[Text, Field(max_length=256)],
+    FiniteFloat | bool | Annotated[Text, Field(max_length=256)],
 ]
 
 
@@ -326,10 +343,9 @@ class V2Tensor(Strict):
         ..., min_length=1, max_length=2, description="[rows, features] or [features]"
     )
     datatype: Literal["FP32", "FP64", "INT32", "INT64"] = Field(..., description="element type")
-    data: (
-        list[Annotated[float, Field(allow_inf_nan=False)]]
-        | list[Annotated[list[FiniteFloat], Field(max_length=MAX_FEATURES)]]
-    ) = Field(..., max_length=100_000_000, description="row-major values, flat or nested rows")
+    data: list[FiniteFloat] | list[Annotated[list[FiniteFloat], Field(max_length=MAX_FEATURES)]] = (
+        Field(..., max_length=100_000_000, description="row-major values, flat or nested rows")
+    )
     parameters: V2Parameters | None = Field(
         None, max_length=16, description="OIP tensor parameters (accepted, not used)"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,16 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.schemas import RuntimeKnobs
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may bring (the settings of the same names; `service.http`)."""
+
+    max_request_bytes: int = 8 * 1024 * 1024
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    body_timeout_s: float = 30.0
 
 
 class Settings(BaseSettings):
@@ -56,6 +67,18 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, le=1024**3, description="request bodies larger get a 413"
     )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=1024**2,
+        description="request headers larger in all (names and values) get a 431",
+    )  # fmt: skip
+    max_headers: int = Field(
+        100, ge=8, le=10_000, description="requests with more headers get a 431"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="a request body not complete this long after the request arrived gets a "
+        "408 (a client that trickles its body cannot hold a connection)",
+    )  # fmt: skip
     router_replicas: int = Field(1, ge=1, le=64, description="ingress replicas")
     router_replicas_per_node: int | None = Field(
         None, ge=1, le=64,
@@ -95,6 +118,16 @@ class Settings(BaseSettings):
         description="longest any model call may take (served and shadow); a served model "
         "past it is a 503 naming it, a shadow batch past it is shed and counted",
     )  # fmt: skip
+    candidate_load_timeout_s: float = Field(
+        60.0, gt=0, le=3600,
+        description="a candidate added at run time must load and answer its probe within "
+        "this, in a process of its own, or it is refused (422)",
+    )  # fmt: skip
+    candidate_load_memory_mb: int = Field(
+        4096, ge=256, le=1024**2,
+        description="address space of the process a candidate added at run time is loaded "
+        "in first; past it, the candidate is refused (422)",
+    )  # fmt: skip
     model_threads: int = Field(
         2, ge=1, le=64, description="worker threads per model in each replica that runs it"
     )
@@ -117,24 +150,15 @@ class Settings(BaseSettings):
     knobs: RuntimeKnobs = Field(default_factory=RuntimeKnobs)
 
     @model_validator(mode="after")
-    def tokens_or_loopback(self) -> Settings:
-        """With no tokens, anyone who reaches the port may reset rounds and steer labels:
-        only on 127.0.0.1, or when allow_insecure says so."""
-        from service.auth import LOOPBACK
-
-        if self.host not in LOOPBACK and not self.has_tokens and not self.allow_insecure:
-            raise ValueError(
-                f"listening on {self.host} with no tokens would open every route (rounds, "
-                "labels) to anyone who reaches the port: set PICKSERVE_TOKENS_FILE or "
-                "PICKSERVE_TOKENS, or PICKSERVE_ALLOW_INSECURE=true for a throwaway setup"
-            )
+    def consistent(self) -> Settings:
+        """Who may connect is checked where the tokens are read (`auth.check_access`)."""
         if self.shadow_max_replicas is not None and self.shadow_max_replicas < self.shadow_replicas:
             raise ValueError("shadow_max_replicas must be at least shadow_replicas")
         return self
 
-    @property
-    def has_tokens(self) -> bool:
-        return self.tokens_file is not None or bool(self.tokens and self.tokens.strip())
+    def limits(self) -> Limits:
+        return Limits(self.max_request_bytes, self.max_header_bytes, self.max_headers,
+                      self.body_timeout_s)  # fmt: skip
 
     def store_path(self) -> Path:
         return self.state_dir / f"{self.store_namespace}.sqlite3"

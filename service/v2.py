@@ -24,12 +24,32 @@ def metadata(name: str, n_features: int, class_names: list[str]) -> dict[str, An
     }
 
 
+# The values each OIP v2 datatype can hold: integers in range, or floats within the type's
+# finite range (a value the declared type cannot represent is refused, not cast).
+DATATYPE_RANGES = {
+    "INT32": (-(2.0**31), 2.0**31 - 1),
+    "INT64": (-(2.0**63), 2.0**63 - 1),
+    "FP32": (-float(np.finfo(np.float32).max), float(np.finfo(np.float32).max)),
+}
+
+
+def check_datatype(name: str, datatype: str, flat: FloatMatrix) -> None:
+    """ValueError unless every value fits the tensor's declared `datatype`."""
+    if datatype in ("INT32", "INT64") and not np.all(flat == np.round(flat)):
+        raise ValueError(f"input {name!r} is {datatype} but holds values that are not integers")
+    low, high = DATATYPE_RANGES.get(datatype, (-np.inf, np.inf))
+    if flat.size and (flat.min() < low or flat.max() > high):
+        raise ValueError(f"input {name!r} holds values outside the range of {datatype}")
+
+
 def instances(tensor: V2Tensor, n_features: int) -> list[list[float]]:
-    """Rows of the input tensor; its declared shape must match its data and the pool."""
+    """Rows of the input tensor; its declared shape must match its data and the pool, and
+    its values its declared datatype."""
     try:
         flat = np.asarray(tensor.data, dtype=np.float64).ravel()
     except (TypeError, ValueError, OverflowError) as error:
         raise ValueError(f"input {tensor.name!r} holds ragged or non-numeric data") from error
+    check_datatype(tensor.name, tensor.datatype, flat)
     shape = tensor.shape if len(tensor.shape) == 2 else [1, tensor.shape[0]]
     if shape[1] != n_features or shape[0] < 1 or shape[0] * shape[1] != flat.size:
         raise ValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,15 +49,27 @@ def serve_port() -> Iterator[int]:
 Deploy = Callable[..., httpx.Client]
 
 
+def demo_models_in(demo: DemoData, folder: Path) -> Path:
+    """The demo pool's model files in `folder/models` (hard links, or copies across file
+    systems): a pool's model files must be below its own folder."""
+    models = folder / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    for source in (demo.pool_file.parent / "models").iterdir():
+        target = models / source.name
+        if not target.exists():
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+    return models
+
+
 def own_copy_of_demo_pool(demo: DemoData, folder: Path) -> Path:
-    """The demo pool file, with absolute model paths, in a folder of the test's own: a test
-    that adds or removes candidates at run time changes this copy, not the shared pool."""
-    folder.mkdir(parents=True, exist_ok=True)
-    text = demo.pool_file.read_text().replace(
-        "sklearn: models/", f"sklearn: {demo.pool_file.parent / 'models'}/"
-    )
+    """The demo pool file and its models in a folder of the test's own: a test that adds
+    or removes candidates at run time changes this copy, not the shared pool."""
+    demo_models_in(demo, folder)
     pool = folder / "pool.yaml"
-    pool.write_text(text)
+    pool.write_text(demo.pool_file.read_text())
     return pool
 
 

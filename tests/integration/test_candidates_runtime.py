@@ -15,13 +15,13 @@ import numpy as np
 import yaml
 
 from service.demo_pool import DemoData
-from tests.integration.conftest import Deploy
+from tests.integration.conftest import Deploy, demo_models_in
 
 
 def small_pool(demo: DemoData, folder: Path) -> Path:
     """The demo pool without today's best (extra-trees-noisy), which the test adds."""
     folder.mkdir(parents=True, exist_ok=True)
-    models = demo.pool_file.parent / "models"
+    models = demo_models_in(demo, folder)
     pool = folder / "pool.yaml"
     lines = [f"  - {{name: {m}, sklearn: {models / f'{m}.joblib'}}}\n"
              for m in ("svc-rbf", "logreg", "lda")]  # fmt: skip
@@ -75,9 +75,12 @@ def test_a_candidate_added_mid_round_joins_it_exactly_and_a_removed_one_is_gone(
     before = client.get("/v1/selection").json()
     assert before["labels"] == len(labeler.applied) > 0
 
-    new = demo.pool_file.parent / "models" / "extra-trees-noisy.joblib"
+    new = pool.parent / "models" / "extra-trees-noisy.joblib"
     started = time.perf_counter()
-    added = client.post("/v1/candidates", json={"name": "extra-trees-noisy", "sklearn": str(new)})
+    added = client.post(
+        "/v1/candidates",
+        json={"name": "extra-trees-noisy", "sklearn": "models/extra-trees-noisy.joblib"},
+    )
     took_s = time.perf_counter() - started
     assert added.status_code == 200, added.text
     model = joblib.load(new)

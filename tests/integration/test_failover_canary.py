@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from service.demo_pool import DemoData
-from tests.integration.conftest import Deploy
+from tests.integration.conftest import Deploy, demo_models_in
 
 SWITCHABLE = '''
 """A demo model whose behaviour a file beside it decides: ok, raise, hang, or flaky (30 %
@@ -47,7 +47,7 @@ def make():
 
 
 def switchable_pool(demo: DemoData, folder: Path, initial: str, model: str = "knn-3") -> Path:
-    models = demo.pool_file.parent / "models"
+    models = demo_models_in(demo, folder)
     folder.mkdir(parents=True, exist_ok=True)
     source = f"MODEL_FILE = {str(models / f'{model}.joblib')!r}\n" + SWITCHABLE
     (folder / "switchable.py").write_text(source)

@@ -7,16 +7,16 @@ from pathlib import Path
 
 from service.demo_pool import DemoData
 from tests.fixtures.models import TRIGGER
-from tests.integration.conftest import Deploy
+from tests.integration.conftest import Deploy, demo_models_in
 
 
 def test_a_raising_model_degrades_visibly_and_recovers(
     deploy: Deploy, demo: DemoData, tmp_path: Path
 ) -> None:
-    models = demo.pool_file.parent / "models"
+    models = demo_models_in(demo, tmp_path)
     pool = tmp_path / "pool.yaml"
     pool.write_text(
-        "n_features: 64\nclasses: 10\ninitial: knn\ncandidates:\n"
+        "n_features: 64\nclasses: 10\ninitial: knn\nallow_installed_modules: true\ncandidates:\n"
         f"  - {{name: knn, sklearn: {models / 'knn-3.joblib'}}}\n"
         "  - {name: flaky, python: 'tests.fixtures.models:make_flaky'}\n"
     )
@@ -44,7 +44,7 @@ def test_a_raising_model_degrades_visibly_and_recovers(
 
 def nonfinite_pool(demo: DemoData, folder: Path, initial: str) -> Path:
     """The demo's naive-bayes answers NaN probabilities on inputs of 1e308."""
-    models = demo.pool_file.parent / "models"
+    models = demo_models_in(demo, folder)
     pool = folder / f"pool-{initial}.yaml"
     pool.write_text(
         f"n_features: 64\nclasses: 10\ninitial: {initial}\ncandidates:\n"

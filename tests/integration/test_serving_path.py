@@ -14,14 +14,15 @@ import httpx
 
 from service.demo_pool import DemoData
 from tests.fixtures.models import HANG
-from tests.integration.conftest import Deploy
+from tests.integration.conftest import Deploy, demo_models_in
 
 
 def sleepy_pool(demo: DemoData, folder: Path, initial: str) -> Path:
-    models = demo.pool_file.parent / "models"
+    models = demo_models_in(demo, folder)
     pool = folder / f"pool-{initial}.yaml"
     pool.write_text(
-        f"n_features: 64\nclasses: 10\ninitial: {initial}\ncandidates:\n"
+        f"n_features: 64\nclasses: 10\ninitial: {initial}\nallow_installed_modules: true\n"
+        "candidates:\n"
         f"  - {{name: knn, sklearn: {models / 'knn-3.joblib'}}}\n"
         "  - {name: sleepy, python: 'tests.fixtures.models:make_sleepy'}\n"
     )

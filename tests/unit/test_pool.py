@@ -15,9 +15,9 @@ X = RNG.normal(size=(60, 4))
 Y = np.arange(60) % 3
 
 
-def write_pool(folder: Path, candidates: str, classes: str = "3") -> Path:
+def write_pool(folder: Path, candidates: str, classes: str = "3", extra: str = "") -> Path:
     path = folder / "pool.yaml"
-    path.write_text(f"n_features: 4\nclasses: {classes}\ncandidates:\n{candidates}")
+    path.write_text(f"n_features: 4\nclasses: {classes}\n{extra}candidates:\n{candidates}")
     return path
 
 
@@ -40,7 +40,7 @@ def test_sklearn_onnx_and_python_candidates_load(model_files: Path) -> None:
         "  - {name: slice, sklearn: sliced.joblib}\n"
         "  - {name: ox, onnx: logreg.onnx}\n"
         "  - {name: py, python: 'tests.fixtures.models:make_uniform'}\n"
-    )))  # fmt: skip
+    ), extra="allow_installed_modules: true\n"))  # fmt: skip
     assert pool.names == ["sk", "slice", "ox", "py"]
     sk, sliced, ox, py = (c.class_probabilities(X[:5]) for c in pool.candidates)
     np.testing.assert_allclose(ox, sk, atol=1e-5)
