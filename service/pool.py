@@ -379,6 +379,30 @@ def _probe(candidate: Candidate, n_features: int) -> None:
         )
 
 
+def _failure(spec: CandidateSpec, pool_file: Path, reason: object) -> PoolLoadError:
+    return PoolLoadError(f"{pool_file}: candidate {spec.name!r} ({spec.kind} {spec.source}): "
+                         f"{reason}")  # fmt: skip
+
+
+def check_place(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> None:
+    """What can be refused without running anything of the candidate: a model file that
+    is not below the pool folder (or not there), a module that is not in the pool folder
+    or python_path. PoolLoadError, as `load_candidate` words it."""
+    try:
+        if spec.python is not None:
+            _check_module_place(spec.python.split(":")[0], pool_file, pool)
+        else:
+            path = confined_path(pool_file.parent, spec.source)
+            if not path.is_file():
+                raise _CandidateError(f"no such file: {path}")
+    except OSError as error:
+        raise _failure(
+            spec, pool_file, f"cannot look up its path ({type(error).__name__})"
+        ) from None
+    except _CandidateError as reason:
+        raise _failure(spec, pool_file, reason) from None
+
+
 def load_candidate(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> Candidate:
     """Load and probe one candidate; PoolLoadError names it, its source and the reason."""
     try:
@@ -393,9 +417,7 @@ def load_candidate(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> Cand
         candidate = Candidate(spec.name, model, len(pool.class_names), spec.kind, columns)
         _probe(candidate, pool.n_features)
     except _CandidateError as reason:
-        raise PoolLoadError(
-            f"{pool_file}: candidate {spec.name!r} ({spec.kind} {spec.source}): {reason}"
-        ) from reason.__cause__
+        raise _failure(spec, pool_file, reason) from reason.__cause__
     return candidate
 
 

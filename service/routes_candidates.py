@@ -24,6 +24,7 @@ from service.pool import (
     Candidate,
     CandidateSpec,
     PoolLoadError,
+    check_place,
     load_candidate,
     read_pool_spec,
     use_search_path,
@@ -85,6 +86,7 @@ class CandidateRoutes(RouterBase):
                 raise HTTPException(409, f"candidate {spec.name!r} is already in the pool")
             settings = self.settings
             try:
+                await asyncio.to_thread(check_place, spec, self.pool_file, self.pool)
                 await asyncio.to_thread(load_isolated, spec, self.pool_file,
                                         settings.candidate_load_timeout_s,
                                         settings.candidate_load_memory_mb)  # fmt: skip
