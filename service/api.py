@@ -71,7 +71,9 @@ def optional_caller() -> Any:
             return None
         caller = authenticator.caller(authorization)  # with no tokens: anonymous, every role
         if caller is None:
-            raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(401, "unknown token: send 'Authorization: Bearer <token>' of "
+                                "the metrics role, or none", headers={"WWW-Authenticate":
+                                'Bearer realm="pickserve"'})  # fmt: skip
         return caller
 
     return Depends(caller_or_none)

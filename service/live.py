@@ -438,7 +438,7 @@ class LiveState:
         the new candidate's predicted class per row. Returns the pool after it, the served
         model, its loss and label count; with the client's Idempotency-Key `key` (bound
         already), that answer is kept with the key in the same step."""
-        key_doc = None if key is None else rules.key_key("candidates", key)
+        key_doc = None if key is None else rules.key_key(rules.CANDIDATE_KEYS, key)
 
         def attempt() -> tuple[Txn | None, Any]:
             current = self.selection(recent_swaps=0, belief=False)

@@ -30,6 +30,7 @@ from service.pool import (
     use_search_path,
 )
 from service.roster import RosterError
+from service.rules import CANDIDATE_KEYS
 from service.store import StoreError
 
 CANDIDATE_NAME = Path(
@@ -79,7 +80,7 @@ class CandidateRoutes(RouterBase):
         and it may be served as soon as the posterior says so. A repeat with the same
         Idempotency-Key gets the first answer; the key with another body, a 422."""
         async with self._pool_lock:
-            earlier = await self.bind_key("candidates", idempotency_key, caller, spec)
+            earlier = await self.bind_key(CANDIDATE_KEYS, idempotency_key, caller, spec)
             if earlier is not None:
                 return earlier
             if spec.name in self.selection.meta.models:

@@ -334,6 +334,9 @@ class KeyReusedError(ValueError):
     """An Idempotency-Key came again with another request (route, caller or body)."""
 
 
+CANDIDATE_KEYS = "candidates"  # the scope of POST /v1/candidates' Idempotency-Keys
+
+
 def key_key(scope: str, key: str) -> str:
     """The record binding a client's Idempotency-Key (on one route) to its first request."""
     return f"key:{scope}:{key}"

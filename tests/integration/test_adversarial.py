@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 import yaml
 
 from service.demo_pool import DemoData
-from tests.integration.conftest import own_copy_of_demo_pool
+from tests.integration.conftest import Deployer, own_copy_of_demo_pool
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKENS = {
@@ -47,20 +48,34 @@ def pool(demo: DemoData, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return pool
 
 
-@pytest.fixture(scope="module")
-def client(
-    pool: Path, serve_port: int, state_dir: Path, demo: DemoData, redis_server: Any
-) -> Iterator[httpx.Client]:
-    from tests.integration.conftest import Deployer
+class Service:
+    """The module's deployment, and the way to deploy it again on the same state."""
 
+    def __init__(self, deployer: Deployer, pool: Path) -> None:
+        self.deployer, self.pool, self.namespace = deployer, pool, uuid.uuid4().hex
+
+    def deploy(self) -> httpx.Client:
+        tokens = [{"name": n, "token": t, "roles": [ROLES[n]]} for n, t in TOKENS.items()]
+        return self.deployer(
+            pool=self.pool, namespace=self.namespace, shadow_rate=1.0, gamma=50.0,
+            lease_s=LEASE_S,
+            settings={"tokens": json.dumps(tokens), "candidate_load_timeout_s": 8.0,
+                      "body_timeout_s": 2.0},
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def service(
+    pool: Path, serve_port: int, state_dir: Path, demo: DemoData, redis_server: Any
+) -> Iterator[Service]:
     deployer = Deployer(serve_port, state_dir, redis_server.url)
-    tokens = [{"name": n, "token": t, "roles": [ROLES[n]]} for n, t in TOKENS.items()]
-    yield deployer(
-        pool=pool, shadow_rate=1.0, gamma=50.0, lease_s=LEASE_S,
-        settings={"tokens": json.dumps(tokens), "candidate_load_timeout_s": 8.0,
-                  "body_timeout_s": 2.0},
-    )  # fmt: skip
+    yield Service(deployer, pool)
     deployer.close()
+
+
+@pytest.fixture(scope="module")
+def client(service: Service) -> httpx.Client:
+    return service.deploy()
 
 
 def feed(client: httpx.Client, demo: DemoData, rows: int = 64) -> None:
@@ -113,6 +128,9 @@ def test_1_a_key_reused_with_another_body_is_refused_everywhere(
     nine = client.post("/v1/rounds", json={"label_budget": 9},
                        headers={**as_("admin"), "Idempotency-Key": "R"})  # fmt: skip
     assert five.status_code == 200 and nine.status_code == 422
+    repeat = client.post("/v1/rounds", json={"label_budget": 5},
+                         headers={**as_("admin"), "Idempotency-Key": "R"})  # fmt: skip
+    assert repeat.json()["round"] == five.json()["round"]  # a repeat starts nothing
     now = client.get("/v1/selection", headers=as_("admin")).json()
     assert (now["round"], now["label_budget"]) == (five.json()["round"], 5)
     client.patch("/v1/rounds/current", json={"label_budget": None}, headers=as_("admin"))
@@ -404,3 +422,13 @@ def test_8_a_body_that_trickles_is_cut(client: httpx.Client) -> None:
             if answer:
                 break
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+
+
+def test_1_after_all_that_a_restart_serves_the_same_pool(
+    service: Service, client: httpx.Client, pool: Path
+) -> None:
+    """The review's restart failed ("the store holds state for the pool [...]"): here the
+    app is deployed again on the same state and pool file, last in this module."""
+    before = consistent(client, pool)
+    restarted = service.deploy()
+    assert consistent(restarted, pool) == before

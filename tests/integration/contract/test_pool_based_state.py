@@ -171,7 +171,7 @@ def test_a_candidate_added_to_a_pool_based_round_joins_every_item_of_its_pool(
     def classes_of(features: np.ndarray) -> np.ndarray:  # the newcomer: class 0 on all
         return np.zeros(len(features), dtype=np.int64)
 
-    live.add_candidate(new_op("add"), "e", classes_of, time.time())
+    live.add_candidate(new_op("add"), {"name": "e", "sklearn": "e.joblib"}, classes_of, time.time())
     after = live.selection()
     assert after.picker.labels == 10 and after.posterior is not None
     assert len(after.posterior) == 5
