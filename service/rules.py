@@ -522,9 +522,9 @@ def hold_items(
         doc = docs.get(item_key(item_id))
         if doc is None:
             continue
-        item = replace(Item.from_dict(item_id, doc.value), holder=by, lease_until=until)
-        held.append(item)
-        put[item_key(item_id)] = Put(item.to_dict(), item.expire_at)
+        value = {**doc.value, "holder": by, "lease_until": until}  # the document, as is
+        held.append(Item.from_dict(item_id, value))
+        put[item_key(item_id)] = Put(value, value["expire_at"])
         expect[item_key(item_id)] = doc.version
     if not held:
         return None, []
