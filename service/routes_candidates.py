@@ -9,6 +9,7 @@ a restart serves the pool the store holds. Every replica follows the store's poo
 (`sync_pool`)."""
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -61,6 +62,14 @@ class CandidateRoutes(RouterBase):
         loaded = roster.load(self.pool_file, pool, [*self._loaded(), *extra], meta.models)
         self._adopt(loaded if self.server.runner is not None else [])
 
+    def _check_writable(self) -> None:
+        """The pool file must be able to follow the store: refused before the store changes
+        (a read-only volume, say), never after."""
+        if not os.access(self.pool_file.parent, os.W_OK) or not os.access(self.pool_file, os.W_OK):
+            raise HTTPException(409, f"the pool file {self.pool_file} cannot be written here "
+                                "(a read-only volume?): candidates change at run time only "
+                                "where the pool file can follow")  # fmt: skip
+
     def _load_here(self, spec: CandidateSpec) -> Candidate:
         """After the isolated load passed: the candidate loaded in this replica."""
         pool = read_pool_spec(self.pool_file)
@@ -85,6 +94,7 @@ class CandidateRoutes(RouterBase):
                 return earlier
             if spec.name in self.selection.meta.models:
                 raise HTTPException(409, f"candidate {spec.name!r} is already in the pool")
+            self._check_writable()
             settings = self.settings
             try:
                 await asyncio.to_thread(check_place, spec, self.pool_file, self.pool)
@@ -120,6 +130,7 @@ class CandidateRoutes(RouterBase):
             if name not in models:
                 raise HTTPException(404, f"unknown candidate {name!r}; candidates: "
                                     f"{', '.join(models)}")  # fmt: skip
+            self._check_writable()
             try:
                 await self.runtime.run_store(
                     self.state.remove_candidate, new_op("remove"), name, time.time()
@@ -139,7 +150,7 @@ class CandidateRoutes(RouterBase):
         now, the pool check of every replica retries)."""
         try:
             await asyncio.to_thread(self._follow_store, extra)
-        except (PoolLoadError, RosterError) as error:
+        except (OSError, PoolLoadError, RosterError) as error:
             logger.error("the pool file cannot follow the store's pool yet: %s", error)
 
     async def sync_pool(self) -> None:
@@ -154,7 +165,7 @@ class CandidateRoutes(RouterBase):
                 return
             try:
                 await asyncio.to_thread(self._follow_store, [])
-            except (PoolLoadError, RosterError) as error:
+            except (OSError, PoolLoadError, RosterError) as error:
                 logger.error("cannot follow the store's pool %s: %s", wanted, error)
                 return
             logger.info("pool changed at run time: now %s", self.names)
