@@ -294,8 +294,9 @@ def confined_path(base: Path, source: str) -> Path:
     return path
 
 
-def _open_file(spec: CandidateSpec, base: Path) -> Any:
-    path = confined_path(base, spec.source)
+def _model_file(base: Path, source: str) -> Path:
+    """The model file `source` names: below the pool folder `base`, and a file."""
+    path = confined_path(base, source)
     try:
         exists, is_file = path.exists(), path.is_file()
     except OSError as error:
@@ -304,6 +305,11 @@ def _open_file(spec: CandidateSpec, base: Path) -> Any:
         raise _CandidateError(f"no such file: {path}")
     if not is_file:
         raise _CandidateError(f"not a file: {path}")
+    return path
+
+
+def _open_file(spec: CandidateSpec, base: Path) -> Any:
+    path = _model_file(base, spec.source)
     if spec.onnx is not None:
         import onnxruntime
 
@@ -392,13 +398,7 @@ def check_place(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> None:
         if spec.python is not None:
             _check_module_place(spec.python.split(":")[0], pool_file, pool)
         else:
-            path = confined_path(pool_file.parent, spec.source)
-            if not path.is_file():
-                raise _CandidateError(f"no such file: {path}")
-    except OSError as error:
-        raise _failure(
-            spec, pool_file, f"cannot look up its path ({type(error).__name__})"
-        ) from None
+            _model_file(pool_file.parent, spec.source)
     except _CandidateError as reason:
         raise _failure(spec, pool_file, reason) from None
 

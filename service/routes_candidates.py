@@ -25,6 +25,7 @@ from service.pool import (
     Candidate,
     CandidateSpec,
     PoolLoadError,
+    PoolSpec,
     check_place,
     load_candidate,
     read_pool_spec,
@@ -45,9 +46,9 @@ class CandidateRoutes(RouterBase):
     def _loaded(self) -> list[Candidate]:
         return self.server.runner.candidates if self.server.runner is not None else []
 
-    def _adopt(self, candidates: list[Candidate]) -> None:
-        """Serve the pool file's pool from now on (its candidates in the store's order)."""
-        self.pool = read_pool_spec(self.pool_file)
+    def _adopt(self, pool: PoolSpec, candidates: list[Candidate]) -> None:
+        """Serve `pool` (the pool file's, its candidates in the store's order) from now on."""
+        self.pool = pool
         self.names = [c.name for c in self.pool.candidates]
         self.server.names = self.names
         self.server.health.rename(self.names)
@@ -60,7 +61,7 @@ class CandidateRoutes(RouterBase):
         meta = self.selection.meta
         pool = roster.follow(self.pool_file, meta.models, meta.added, meta.removed)
         loaded = roster.load(self.pool_file, pool, [*self._loaded(), *extra], meta.models)
-        self._adopt(loaded if self.server.runner is not None else [])
+        self._adopt(pool, loaded if self.server.runner is not None else [])
 
     def _check_writable(self) -> None:
         """The pool file must be able to follow the store: refused before the store changes
