@@ -79,14 +79,21 @@ def client(service: Service) -> httpx.Client:
 
 
 def feed(client: httpx.Client, demo: DemoData, rows: int = 64) -> None:
-    """Traffic, and wait until items are queued for labels."""
+    """Traffic, and wait until the picker has seen every row (shadow_rate is 1) and items are
+    queued for labels: the posterior's learning rate moves with every item seen, so a test
+    that compares posteriors must not read one while items are still arriving."""
+
+    def step() -> int:
+        return int(client.get("/v1/selection", headers=as_("admin")).json()["step"])
+
+    before = step()
     client.post("/v1/predict", json={"instances": demo.stream_features[:rows].tolist()},
                 headers=as_("infer"))  # fmt: skip
     deadline = time.monotonic() + 30
-    while (
+    while step() < before + rows or (
         client.get("/metrics", headers=as_("admin")).text.find("pickserve_label_queue_depth 0") >= 0
     ):
-        assert time.monotonic() < deadline, "nothing was queued"
+        assert time.monotonic() < deadline, "the rows were not all seen, or nothing was queued"
         time.sleep(0.2)
 
 
