@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/python -m service --port $(PORT) $(if $(POOL),--pool $(POOL))
 
 demo: $(STAMP)
-	$(BIN)/python -m service.demo --url http://127.0.0.1:$(PORT) $(DEMO_ARGS)
+	$(BIN)/python -m service.tools.demo --url http://127.0.0.1:$(PORT) $(DEMO_ARGS)
 
 test: $(STAMP)
 	@bash deploy/ensure-redis-server.sh

@@ -2,7 +2,7 @@
 
 Starts Ray Serve once, then for each seed and each selector (alternating, so that the
 machine's noise falls on both alike) deploys pickserve with a fresh embedded store and
-drives one of the demo's streams (`service.demo.drive`; each has another best candidate)
+drives one of the demo's streams (`service.tools.demo.drive`; each has another best candidate)
 with a labeler slower than the traffic: after each batch of 16 predictions it leases and
 labels `--labels-per-batch` items. A run ends when the stream's best candidate is served
 with posterior >= 0.9 (or after 40,000 items). Prints, per stream and selector, the labels
@@ -34,10 +34,10 @@ import ray
 from ray import serve
 
 from service.app import build, demo_folder
-from service.demo import drive
-from service.demo_pool import STREAMS, ensure_demo
-from service.schemas import RuntimeKnobs
-from service.settings import Settings
+from service.config.knobs import RuntimeKnobs
+from service.config.settings import Settings
+from service.models.demo_data import STREAMS, ensure_demo
+from service.tools.demo import drive
 from tests.redis_server import free_port
 
 SELECTORS = ("modelpicker", "pool-based")

@@ -24,12 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.live import LiveState, new_op
-from service.rules import Batch
-from service.store import Backend
-from service.store.memory import MemoryBackend
-from service.store.redis_store import RedisBackend
-from service.store.sqlite import SQLiteBackend
+from service.state.live import LiveState, new_op
+from service.state.rules import Batch
+from service.state.store.base import Backend
+from service.state.store.memory import MemoryBackend
+from service.state.store.redis_store import RedisBackend
+from service.state.store.sqlite import SQLiteBackend
 from tests.redis_server import RedisServer
 
 TTL_S = 3600.0

@@ -5,7 +5,7 @@ one at a time, measured in this same process against two loops of the same formu
 replay engine itself called with runs=1, and a plain per-item loop over the tuned
 single-item path (each loop is timed on a few runs and scaled per run, since all 500 would
 take many minutes); (3) the cost of the query decision the service makes for a shadow
-batch (`service.rules.observe_batch`: learning rates, posterior, q, coins, budget cap, and
+batch (`service.state.rules.observe_batch`: learning rates, posterior, q, coins, budget cap, and
 the transaction to store), with k=100 and 1,000 classes, for a batch of one item and per
 item in a batch of 16. Store I/O is not included.
 """
@@ -27,8 +27,8 @@ from picker import (
     posterior,
 )
 from picker.replay import run_replay
-from service import rules
-from service.store import Retention
+from service.state import rules
+from service.state.store.base import Retention
 
 
 def synthetic_pool(n_items: int, n_models: int, n_classes: int, seed: int) -> object:

@@ -50,15 +50,15 @@ def _deploy_pickserve(name: str, state_dir: Path, knobs: dict[str, Any]) -> None
     from ray import serve
 
     from service.app import build
-    from service.schemas import RuntimeKnobs
-    from service.settings import Settings
+    from service.config.knobs import RuntimeKnobs
+    from service.config.settings import Settings
 
     settings = Settings(state_dir=state_dir, store_namespace=name, knobs=RuntimeKnobs(**knobs))
     serve.run(build(settings), name=name, route_prefix=f"/{name}")
 
 
 def _settle(url: str, demo: Any, stream: str) -> dict[str, Any]:
-    from service.demo import drive
+    from service.tools.demo import drive
 
     target = demo.best_on(stream)
     with httpx.Client(base_url=url, timeout=30) as client:
@@ -197,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from loadtest.bare import BareModel
     from service.app import demo_folder
-    from service.demo_pool import ensure_demo
-    from service.pool import read_pool_spec
-    from service.settings import Settings
+    from service.config.settings import Settings
+    from service.models.demo_data import ensure_demo
+    from service.models.pool_file import read_pool_spec
 
     state_dir = Path(tempfile.mkdtemp(prefix="pickserve-overhead-"))
     demo = ensure_demo(demo_folder(Settings(state_dir=state_dir)))
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _default_queue_target() -> int | None:
-    from service.schemas import RuntimeKnobs
+    from service.config.knobs import RuntimeKnobs
 
     return RuntimeKnobs().queue_target
 

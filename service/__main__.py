@@ -14,12 +14,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.settings import Settings
+from service.config.settings import Settings
 
 
 def main() -> int:
     if sys.argv[1:2] == ["check-pool"]:
-        from service.check_pool import main as check_pool
+        from service.models.check_pool import main as check_pool
 
         return check_pool(sys.argv[2:])
     parser = argparse.ArgumentParser(
@@ -46,9 +46,9 @@ def main() -> int:
     from ray import serve
 
     from service.app import access_tokens, build, check_store, resolve_pool_file
-    from service.auth import TokenError
-    from service.pool import PoolLoadError
-    from service.store import StoreError
+    from service.http.auth import TokenError
+    from service.models.pool_file import PoolLoadError
+    from service.state.store.base import StoreError
 
     if settings.pool is None:
         print("pickserve: loading the demo pool (built on first run)")

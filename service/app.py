@@ -20,14 +20,15 @@ import ray
 from pydantic import ValidationError
 from ray.serve import Application
 
-from service import roster
-from service.auth import TokenError, TokenSpec, check_access, read_tokens, token_table
-from service.candidates import Candidates
-from service.demo_pool import ensure_demo
-from service.pool import PoolLoadError, load_pool
-from service.router import Router
-from service.settings import Settings
-from service.store import StoreError, open_backend
+from service.config.settings import Settings
+from service.http.auth import TokenError, TokenSpec, check_access, read_tokens, token_table
+from service.http.router import Router
+from service.models import roster
+from service.models.candidates import Candidates
+from service.models.demo_data import ensure_demo
+from service.models.pool_file import PoolLoadError, load_pool
+from service.state.store.base import StoreError
+from service.state.store.factory import open_backend
 
 
 def resolve_pool_file(settings: Settings) -> Path:

@@ -14,9 +14,9 @@ import ray
 from ray import serve
 
 from service.app import StartupError, build
-from service.schemas import RuntimeKnobs
-from service.settings import Settings
-from service.store import StoreError
+from service.config.knobs import RuntimeKnobs
+from service.config.settings import Settings
+from service.state.store.base import StoreError
 
 
 def main() -> int:

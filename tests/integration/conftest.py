@@ -15,9 +15,9 @@ import ray
 from ray import serve
 
 from service.app import build, demo_folder
-from service.demo_pool import DemoData, ensure_demo
-from service.schemas import RuntimeKnobs
-from service.settings import Settings
+from service.config.knobs import RuntimeKnobs
+from service.config.settings import Settings
+from service.models.demo_data import DemoData, ensure_demo
 from tests.redis_server import RedisServer, free_port
 
 APP = "pickserve"

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from service.demo_pool import DemoData
+from service.models.demo_data import DemoData
 from tests.integration.conftest import Deployer, own_copy_of_demo_pool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,8 +169,8 @@ def test_2_an_empty_token_list_is_no_tokens(tmp_path: Path, tokens: str) -> None
 
 def test_2_the_builder_refuses_it_too() -> None:
     from service.app import build
-    from service.auth import TokenError
-    from service.settings import Settings
+    from service.config.settings import Settings
+    from service.http.auth import TokenError
 
     with pytest.raises(TokenError, match="with no tokens"):
         build(Settings(host="0.0.0.0", tokens="[]"))

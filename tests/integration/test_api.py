@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from picker import loss_increments
-from service.demo import pool_mismatch
-from service.demo_pool import DemoData
+from service.models.demo_data import DemoData
+from service.tools.demo import pool_mismatch
 from tests.integration.conftest import Deploy
 
 

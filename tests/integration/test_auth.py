@@ -19,7 +19,7 @@ import httpx
 import pytest
 import ray
 
-from service.demo_pool import DemoData
+from service.models.demo_data import DemoData
 from tests.integration.conftest import Deployer
 from tests.redis_server import RedisServer
 

@@ -14,7 +14,7 @@ import joblib
 import numpy as np
 import yaml
 
-from service.demo_pool import DemoData
+from service.models.demo_data import DemoData
 from tests.integration.conftest import Deploy, demo_models_in
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
-from service.demo import drive
-from service.demo_pool import DemoData
+from service.models.demo_data import DemoData
+from service.tools.demo import drive
 from tests.integration.conftest import Deploy
 
 KNOBS = {"shadow_rate": 1.0, "gamma": 1.0, "drift_window": 200, "seed": 11}

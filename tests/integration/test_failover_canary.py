@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from service.demo_pool import DemoData
+from service.models.demo_data import DemoData
 from tests.integration.conftest import Deploy, demo_models_in
 
 SWITCHABLE = '''

@@ -14,7 +14,7 @@ import pytest
 from ray import serve
 
 from picker import loss_increments
-from service.demo_pool import DemoData
+from service.models.demo_data import DemoData
 from tests.integration.conftest import APP, Deploy
 from tests.integration.test_api import fill_queue
 from tests.redis_server import RedisServer

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from service.demo_pool import DemoData
+from service.models.demo_data import DemoData
 from tests.integration.conftest import Deploy, own_copy_of_demo_pool
 
 MIN_CASES = 1000

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.demo_pool import DemoData
+from service.models.demo_data import DemoData
 from tests.integration.conftest import Deploy
 
 TOKENS = [

@@ -1,4 +1,4 @@
-"""The process a candidate added at run time is loaded in first (`service.isolated_load`):
+"""The process a candidate added at run time is loaded in first (`service.models.isolated`):
 real child processes, each way a candidate can fail there, and what the child may not see."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from service.isolated_load import load_isolated
-from service.pool import CandidateSpec, PoolLoadError
+from service.models.isolated import load_isolated
+from service.models.pool_file import CandidateSpec, PoolLoadError
 
 MODULES = {
     "hog": "def make():\n    return bytearray(8 * 1024**3)\n",

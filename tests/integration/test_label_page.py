@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from service.demo_pool import DemoData
+from service.models.demo_data import DemoData
 from tests.integration.conftest import Deploy
 
 ROOT = Path(__file__).resolve().parents[2]

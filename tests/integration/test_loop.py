@@ -8,8 +8,8 @@ far fewer labels than the pool offered."""
 
 import pytest
 
-from service.demo import drive
-from service.demo_pool import DemoData
+from service.models.demo_data import DemoData
+from service.tools.demo import drive
 from tests.integration.conftest import Deploy
 
 LABELS_PER_BATCH = {"modelpicker": 50, "pool-based": 2}

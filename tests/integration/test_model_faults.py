@@ -5,7 +5,7 @@ failures are counted."""
 import time
 from pathlib import Path
 
-from service.demo_pool import DemoData
+from service.models.demo_data import DemoData
 from tests.fixtures.models import TRIGGER
 from tests.integration.conftest import Deploy, demo_models_in
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from service.demo_pool import DemoData
+from service.models.demo_data import DemoData
 from tests.fixtures.models import HANG
 from tests.integration.conftest import Deploy, demo_models_in
 

@@ -21,11 +21,11 @@ import ray
 
 from picker import loss_increments
 from service.app import build
-from service.demo_pool import DemoData
-from service.live import LiveState, new_op
-from service.settings import Settings
-from service.store import StoreError
-from service.store.redis_store import RedisBackend
+from service.config.settings import Settings
+from service.models.demo_data import DemoData
+from service.state.live import LiveState, new_op
+from service.state.store.base import StoreError
+from service.state.store.redis_store import RedisBackend
 from tests.integration.conftest import Deploy, Deployer
 from tests.integration.test_api import fill_queue
 from tests.redis_server import RedisServer

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from picker import loss_increments
-from service.demo_pool import DemoData
+from service.models.demo_data import DemoData
 from tests.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.auth import ANONYMOUS, Authenticator, TokenError, read_tokens, token_table
+from service.http.auth import ANONYMOUS, Authenticator, TokenError, read_tokens, token_table
 
 GOOD = [
     {"name": "alice", "token": "a" * 20, "roles": ["label"]},

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.schemas import RuntimeKnobs
-from service.settings import Settings
+from service.config.knobs import RuntimeKnobs
+from service.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.drift import DriftConfig, Monitor, Window, compare_windows, observe
+from service.state.drift import DriftConfig, Monitor, Window, compare_windows, observe
 
 
 def stream(rng: np.random.Generator, n: int, class_p: list[float], split: float) -> np.ndarray:

@@ -4,9 +4,9 @@ on the stack, else for the innermost frame's layer, so the rows add up to the to
 from loadtest.profile import OTHER, summarise
 
 STACKS = """\
-_worker (concurrent/futures/thread.py:83);run (service/runner.py:109);predict_proba (sklearn/svm/_base.py:593) 30
-handle (fastapi/routing.py:381);predict (service/routes_inference.py:88);validate (pydantic/main.py:10) 5
-handle (fastapi/routing.py:381);predict (service/routes_inference.py:88) 7
+_worker (concurrent/futures/thread.py:83);run (service/models/runner.py:109);predict_proba (sklearn/svm/_base.py:593) 30
+handle (fastapi/routing.py:381);predict (service/http/routes/inference.py:88);validate (pydantic/main.py:10) 5
+handle (fastapi/routing.py:381);predict (service/http/routes/inference.py:88) 7
 run_forever (asyncio/base_events.py:600) 4
 Thread.run (threading.py:982) 2
 not a stack line

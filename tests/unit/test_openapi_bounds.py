@@ -9,8 +9,8 @@ from typing import Any
 
 
 def openapi() -> dict[str, Any]:
-    import service.router  # noqa: F401  # the routes register on the app when imported
-    from service.api import api
+    import service.http.router  # noqa: F401  # the routes register on the app when imported
+    from service.http.api import api
 
     return api.openapi()
 

@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 from sklearn.linear_model import LogisticRegression
 
-from service.pool import (
+from service.models.pool_file import (
     CandidateSpec,
     PoolLoadError,
     load_candidate,

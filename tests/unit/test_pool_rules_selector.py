@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from picker import PickerState
-from service import rules
-from service.rules import Batch, Item, Meta, Selection, Tally
-from service.store import Doc, Retention
+from service.state import rules
+from service.state.rules import Batch, Item, Meta, Selection, Tally
+from service.state.store.base import Doc, Retention
 
 NOW = 5_000.0
 TTL = 100.0

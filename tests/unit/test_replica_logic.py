@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.candidates import NO_CLASS
-from service.labeling import apply_labels
-from service.live import LabelResult, LiveState, new_op
-from service.rules import Batch
-from service.runtime import ReplicaRuntime
-from service.schemas import RuntimeKnobs
-from service.shadow import ShadowEvaluator
-from service.store import Committed, StoreError, Txn
-from service.store.memory import MemoryBackend
+from service.config.knobs import RuntimeKnobs
+from service.http.labels import apply_labels
+from service.models.candidates import NO_CLASS
+from service.replica.loops import ReplicaRuntime
+from service.replica.shadow import ShadowEvaluator
+from service.state.live import LabelResult, LiveState, new_op
+from service.state.rules import Batch
+from service.state.store.base import Committed, StoreError, Txn
+from service.state.store.memory import MemoryBackend
 
 TTL = 3600.0
 NOW = 1_000.0

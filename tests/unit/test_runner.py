@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from service.pool import Candidate
-from service.runner import ModelError, ModelRunner
+from service.models.pool_file import Candidate
+from service.models.runner import ModelError, ModelRunner
 
 
 class Gate:

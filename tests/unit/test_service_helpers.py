@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from picker import PickerState
-from service import v2
-from service.labeling import check_labels
-from service.metrics import LocalCounters, render
-from service.rules import Meta, Selection, Tally
-from service.schemas import Label, V2Tensor
+from service.http import v2
+from service.http.labels import check_labels
+from service.http.schemas import Label, V2Tensor
+from service.replica.metrics import LocalCounters, render
+from service.state.rules import Meta, Selection, Tally
 
 CLASSES = [str(n) for n in range(10)]
 
@@ -92,8 +92,8 @@ def test_metrics_render_counters_histogram_and_state() -> None:
 
 
 def test_counters_moved_by_the_state_use_the_metrics_key_format() -> None:
-    from service import rules
-    from service.metrics import counter_key
+    from service.replica.metrics import counter_key
+    from service.state import rules
 
     assert counter_key("labels", "accepted") == rules.ACCEPTED_COUNTER
     assert counter_key("queries") == rules.QUERIES_COUNTER

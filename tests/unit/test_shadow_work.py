@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.candidates import Failed
-from service.live import LiveState
-from service.runtime import ReplicaRuntime
-from service.schemas import RuntimeKnobs
-from service.shadow import ShadowEvaluator, paced_rate
-from service.store.memory import MemoryBackend
+from service.config.knobs import RuntimeKnobs
+from service.models.candidates import Failed
+from service.replica.loops import ReplicaRuntime
+from service.replica.shadow import ShadowEvaluator, paced_rate
+from service.state.live import LiveState
+from service.state.store.memory import MemoryBackend
 
 
 def test_pacing_falls_to_the_trickle_while_the_queue_is_full_and_rises_when_it_drains() -> None:

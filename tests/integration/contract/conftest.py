@@ -12,10 +12,10 @@ from typing import TypeVar
 
 import pytest
 
-from service.store import Backend, Retention
-from service.store.memory import MemoryBackend
-from service.store.redis_store import RedisBackend
-from service.store.sqlite import SQLiteBackend
+from service.state.store.base import Backend, Retention
+from service.state.store.memory import MemoryBackend
+from service.state.store.redis_store import RedisBackend
+from service.state.store.sqlite import SQLiteBackend
 from tests.redis_server import RedisServer
 
 KINDS = ["memory", "embedded", "redis"]

@@ -21,12 +21,13 @@ import numpy as np
 import pytest
 
 from picker import loss_increments
-from service.live import LiveState, new_op
-from service.rules import Batch
-from service.settings import Settings
-from service.store import Backend, StoreError, Txn, open_backend
-from service.store.redis_store import RedisBackend
-from service.store.sqlite import SQLiteBackend
+from service.config.settings import Settings
+from service.state.live import LiveState, new_op
+from service.state.rules import Batch
+from service.state.store.base import Backend, StoreError, Txn
+from service.state.store.factory import open_backend
+from service.state.store.redis_store import RedisBackend
+from service.state.store.sqlite import SQLiteBackend
 from tests.redis_server import RedisServer
 
 MODELS = ["a", "b", "c"]
@@ -179,9 +180,9 @@ WRITER = """
 import sys, time
 import numpy as np
 from pathlib import Path
-from service.live import LiveState
-from service.rules import Batch
-from service.store.sqlite import SQLiteBackend
+from service.state.live import LiveState
+from service.state.rules import Batch
+from service.state.store.sqlite import SQLiteBackend
 live = LiveState(SQLiteBackend(Path(sys.argv[1])))
 n = 0
 while True:

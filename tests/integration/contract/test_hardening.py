@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from service import roster
-from service.live import LiveState, new_op
-from service.pool_rules import RosterError
-from service.rules import KeyReusedError
-from service.views import round_view, selection_view
+from service.http.views import round_view, selection_view
+from service.models import roster
+from service.state.live import LiveState, new_op
+from service.state.rules import KeyReusedError
+from service.state.rules.candidates import RosterError
 from tests.integration.contract.conftest import Connect
 from tests.integration.contract.test_live_state import MODELS, NOW, TTL, queue_all, state
 

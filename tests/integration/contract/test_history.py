@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.live import LiveState, new_op
+from service.state.live import LiveState, new_op
 from tests.integration.contract.conftest import Connect
 from tests.integration.contract.test_live_state import NOW, TTL, queue_all, state
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from picker import loss_increments
-from service.live import LiveState, new_op
-from service.rules import Batch
-from service.store import Retention, StoreError
+from service.state.live import LiveState, new_op
+from service.state.rules import Batch
+from service.state.store.base import Retention, StoreError
 from tests.integration.contract.conftest import Connect
 
 MODELS = ["a", "b", "c"]
@@ -225,7 +225,7 @@ def test_concurrent_reconciles_swap_once(connect: Connect) -> None:
 
 
 def test_a_swap_decided_on_stale_losses_never_lands(connect: Connect) -> None:
-    from service import rules
+    from service.state import rules
 
     live = state(connect)
     queue_all(live, ["i1", "i2", "i3"])

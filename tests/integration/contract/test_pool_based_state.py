@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from picker.pool_based import PoolBased
-from service.live import LiveState, new_op
-from service.rules import Batch
-from service.store import Retention, StoreError
-from service.store.redis_store import RedisBackend
+from service.state.live import LiveState, new_op
+from service.state.rules import Batch
+from service.state.store.base import Retention, StoreError
+from service.state.store.redis_store import RedisBackend
 from tests.integration.contract.conftest import Connect, concurrently
 from tests.redis_server import RedisServer
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from service.store import Backend, Put, Retention, Txn
+from service.state.store.base import Backend, Put, Retention, Txn
 from tests.integration.contract.conftest import Connect, concurrently
 
 

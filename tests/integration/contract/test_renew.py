@@ -3,7 +3,7 @@ that no longer wait for a label are not renewed."""
 
 from __future__ import annotations
 
-from service.live import new_op
+from service.state.live import new_op
 from tests.integration.contract.conftest import Connect
 from tests.integration.contract.test_live_state import NOW, TTL, queue_all, state
 

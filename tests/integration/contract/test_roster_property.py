@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from service import roster
-from service.live import LiveState, new_op
-from service.store import Retention
-from service.store.sqlite import SQLiteBackend
-from service.views import round_view, selection_view
+from service.http.views import round_view, selection_view
+from service.models import roster
+from service.state.live import LiveState, new_op
+from service.state.store.base import Retention
+from service.state.store.sqlite import SQLiteBackend
 
 NOW = 1_000_000.0
 TTL = 1e9
@@ -80,7 +80,7 @@ class PoolAndStore(RuleBasedStateMachine):
 
     @rule(seed=st.integers(0, 1000), label=st.integers(0, 2))
     def label(self, seed: int, label: int) -> None:
-        from service.rules import Batch
+        from service.state.rules import Batch
 
         k = len(self.current)
         predictions = np.random.default_rng(seed).integers(0, 3, (1, k))

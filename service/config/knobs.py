@@ -1,0 +1,111 @@
+"""The knobs an operator turns while the service runs (Ray Serve's user_config): no
+restart, every replica picks them up. Configuration, beside the start-up settings."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from picker import DEFAULT_GAMMA
+
+
+class Strict(BaseModel):
+    """A model that refuses unknown fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RuntimeKnobs(Strict):
+    """Knobs changed at run time through Ray Serve's user_config (no restart)."""
+
+    gamma: float = Field(
+        DEFAULT_GAMMA, gt=0, le=1e6,
+        description="ModelPicker's query scale (calibrate: python -m picker calibrate)",
+    )  # fmt: skip
+    shadow_rate: float = Field(
+        0.5, ge=0, le=1, description="share of served items also run through every candidate"
+    )
+    queue_target: int | None = Field(
+        20, ge=1, le=1_000_000,
+        description="items waiting in the label queue (not leased) at which shadow sampling "
+        "falls to shadow_trickle_rate; it rises again below it. None: always shadow_rate",
+    )  # fmt: skip
+    shadow_trickle_rate: float = Field(
+        0.01, ge=0, le=1,
+        description="shadow sampling while the label queue is full (keeps the picker's step "
+        "and the monitoring going)",
+    )  # fmt: skip
+    label_budget: int | None = Field(
+        None, ge=0, le=10_000_000,
+        description="queries per round at most (None: gamma alone limits them; with "
+        "selector pool-based: labels asked per round); a change here applies to the "
+        "current round once, when the deployed config changes",
+    )  # fmt: skip
+    selector: Literal["modelpicker", "pool-based"] = Field(
+        "modelpicker",
+        description="how items are chosen for labels: modelpicker (an online coin per item, "
+        "importance-weighted losses) or pool-based (every disagreement item joins the round's "
+        "pool, the queue is handed out in the order of a calibrated belief re-ranked after "
+        "every label); a change starts a new round",
+    )
+    pool_max_items: int = Field(
+        20_000, ge=10, le=1_000_000,
+        description="selector pool-based: items a round's pool holds at most (then no more "
+        "join it until a new round)",
+    )  # fmt: skip
+    drift_action: Literal["new_round", "alert", "off"] = Field(
+        "new_round",
+        description="on drift in the live stream: start a new round (the evidence goes in "
+        "the round history), alert only (metric and log), or do not monitor",
+    )
+    drift_window: int = Field(
+        300, ge=50, le=1_000_000,
+        description="shadow-evaluated items per drift window (the reference is the round's "
+        "first window; each later window is tested against it)",
+    )  # fmt: skip
+    drift_alpha: float = Field(
+        1e-4, gt=0, lt=0.5,
+        description="false-alarm probability per tested window on a stationary stream "
+        "(split over the two tests, Bonferroni)",
+    )  # fmt: skip
+    failover: bool = Field(
+        True,
+        description="a served model that fails answers through the next candidate in "
+        "posterior order (off: a 503 naming it)",
+    )
+    swap_mode: Literal["instant", "canary"] = Field(
+        "instant",
+        description="instant: a swap moves all traffic at once; canary: traffic moves to the "
+        "new best in canary_steps, rolled back on errors or latency past their bounds",
+    )
+    canary_steps: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: [0.1, 0.5], min_length=1, max_length=10,
+        description="shares of served requests the canary gets, step by step (then all)",
+    )  # fmt: skip
+    canary_step_requests: int = Field(
+        50, ge=1, le=1_000_000,
+        description="canary requests a replica sends at a step before the canary moves on",
+    )  # fmt: skip
+    canary_max_error_rate: float = Field(
+        0.05, ge=0, le=1, description="a canary failing more of its requests is rolled back"
+    )
+    canary_max_latency_ms: float | None = Field(
+        None, gt=0, le=600_000,
+        description="a canary whose median latency is above this is rolled back (None: no "
+        "latency bound)",
+    )  # fmt: skip
+    switch_margin: float = Field(
+        0.0, ge=0, lt=1, description="posterior lead the best needs over the served model"
+    )
+    min_labels_between_swaps: int = Field(
+        0, ge=0, le=1_000_000,
+        description="labels needed since the last swap (in this round) before another",
+    )  # fmt: skip
+    lease_s: float = Field(60.0, gt=0, le=86_400, description="how long a labeler holds items")
+    query_ttl_s: float = Field(
+        86_400.0, gt=0, le=30 * 86_400, description="a queued item expires after this"
+    )
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="seed of the picker's coin (None: entropy)"
+    )

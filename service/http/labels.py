@@ -1,0 +1,68 @@
+"""Feedback: check a request's labels, apply each once through the live state.
+
+Every label's write carries the op key `label:{request key}:{item id}`. The request key is
+the client's `Idempotency-Key` header, or a fresh one: a client that repeats a request with
+the same key after an unclear outcome (a 503) is told the truth, 'accepted' for a label
+that was applied, and nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service.http.schemas import Label
+from service.http.schemas import LabelResult as LabelResultModel
+from service.state.live import LabelResult, LiveState
+
+
+def check_labels(
+    labels: Sequence[Label], class_names: Sequence[str]
+) -> tuple[list[tuple[str, int]], list[LabelResultModel]]:
+    """Each label as (item id, class index), a label being a class index or a class name;
+    and the results for labels that are neither, or repeat an item ([] if none)."""
+    seen: set[str] = set()
+    resolved, problems = [], []
+    for label in labels:
+        if isinstance(label.label, str):
+            index = class_names.index(label.label) if label.label in class_names else None
+            if index is None:
+                detail = f"label {label.label!r} is not a class name ({_listed(class_names)})"
+        else:
+            index = label.label if 0 <= label.label < len(class_names) else None
+            if index is None:
+                detail = f"label {label.label} is outside the classes 0..{len(class_names) - 1}"
+        if index is not None and label.item_id in seen:
+            index, detail = None, "the same item appears twice in this request"
+        if index is None:
+            problems.append(
+                LabelResultModel(item_id=label.item_id, outcome="invalid", detail=detail)
+            )
+            continue
+        seen.add(label.item_id)
+        resolved.append((label.item_id, index))
+    return resolved, problems
+
+
+def _listed(names: Sequence[str], most: int = 20) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def label_op(request_key: str, item_id: str) -> str:
+    return f"label:{request_key}:{item_id}"
+
+
+def apply_labels(
+    live: LiveState,
+    labels: Sequence[tuple[str, int]],
+    request_key: str,
+    now: float,
+    ttl_s: float,
+    done: list[LabelResult],
+    by: str = "anonymous",
+) -> None:
+    """Apply labels in order, appending each result to `done` as it is known, so that a
+    store failure part-way leaves the caller with the labels that were decided."""
+    for item_id, label in labels:
+        op = label_op(request_key, item_id)
+        done.append(live.label(op, item_id, label, now, ttl_s, by))

@@ -1,0 +1,279 @@
+"""The HTTP API's request and response models: the OpenAPI document at /docs is built
+from these. Unknown fields are rejected; every field has bounds and a description."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, ConfigDict, Field
+
+from service.config.knobs import Strict
+
+ITEM_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+MAX_FEATURES = 1_000_000
+
+
+def _encodable(text: str) -> str:
+    """Strings must be valid Unicode: a lone surrogate ("\\ud800") is not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError("the string is not valid Unicode (lone surrogate)") from error
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+# A number where a number is meant: JSON booleans and strings are refused, not coerced.
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+StrictInt = Annotated[int, Field(strict=True)]
+
+
+class PredictRequest(Strict):
+    instances: list[Annotated[list[FiniteFloat], Field(max_length=MAX_FEATURES)]] = Field(
+        ..., min_length=1, max_length=100_000,
+        description="feature vectors, one per item (length = the pool's n_features)",
+    )  # fmt: skip
+
+
+class ItemPrediction(Strict):
+    item_id: str = Field(..., description="id to quote when posting a label for this item")
+    predicted_class: int = Field(..., alias="class", ge=0, description="predicted class index")
+    class_name: str = Field(..., description="the predicted class's name (the pool's classes)")
+    probabilities: list[float] = Field(..., description="class probabilities, by class index")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class PredictResponse(Strict):
+    model: str = Field(..., description="the candidate that answered")
+    failed_over_from: str | None = Field(
+        None, description="the served model, when it failed and `model` answered instead"
+    )
+    selection_version: int = Field(..., ge=0, description="bumps on every hot swap")
+    predictions: list[ItemPrediction] = Field(..., description="one per instance, in order")
+
+
+class QueryItem(Strict):
+    item_id: str = Field(..., description="quote it in the label")
+    instance: list[float] = Field(..., description="the features, so a person can decide")
+    predictions: dict[str, int] | None = Field(
+        None, description="each candidate's predicted class (admins, or when asked for)"
+    )
+    q: float | None = Field(
+        None, gt=0, le=1, description="probability with which it was queried (admins only)"
+    )
+    round: int = Field(..., ge=0, description="the round it belongs to")
+    lease_expires_at: float = Field(..., description="unix time the lease ends")
+
+
+class QueriesResponse(Strict):
+    items: list[QueryItem] = Field(..., description="items leased to the caller")
+    classes: list[str] = Field(..., description="label index -> class name")
+    queue_depth: int = Field(..., ge=0, description="items waiting, leased or not")
+
+
+class RenewRequest(Strict):
+    item_ids: list[Annotated[str, Field(pattern=ITEM_ID_PATTERN, max_length=64)]] = Field(
+        ..., min_length=1, max_length=500, description="items the caller still works on"
+    )
+
+
+class RenewResponse(Strict):
+    renewed: list[str] = Field(..., description="items whose lease now ends at lease_expires_at")
+    gone: list[str] = Field(
+        ..., description="items no longer waiting for this caller (labeled, expired, of an "
+        "ended round, or leased to someone else)",
+    )  # fmt: skip
+    lease_expires_at: float = Field(..., description="unix time the renewed leases end")
+
+
+class Label(Strict):
+    item_id: str = Field(
+        ..., pattern=ITEM_ID_PATTERN, max_length=64, description="from /v1/queries"
+    )
+    label: (
+        Annotated[int, Field(strict=True, ge=-(2**31), le=2**31)]
+        | Annotated[Text, Field(min_length=1, max_length=256)]
+    ) = Field(..., description="the true class: its index, or its name (a string)")
+
+
+class FeedbackRequest(Strict):
+    labels: list[Label] = Field(..., min_length=1, max_length=1000, description="labels by item")
+
+
+Outcome = Literal["accepted", "duplicate", "unknown", "invalid", "leased"]
+
+
+class LabelResult(Strict):
+    item_id: str = Field(..., description="the item the label was for")
+    outcome: Outcome = Field(
+        ..., description="accepted, duplicate, unknown, invalid, or leased (another labeler "
+        "holds the item's lease: not applied)",
+    )  # fmt: skip
+    detail: str | None = Field(None, description="why, when not accepted")
+
+
+class FeedbackResponse(Strict):
+    results: list[LabelResult] = Field(..., description="one per label, in order")
+    served_model: str = Field(..., description="the served model after these labels")
+    selection_version: int = Field(..., ge=0, description="bumps on every hot swap")
+
+
+class SwapRecord(Strict):
+    time: float = Field(..., description="unix time of the swap")
+    kind: Literal[
+        "swap", "canary_start", "canary_step", "canary_cancel", "rollback",
+        "candidate_added", "candidate_removed",
+    ] = Field(
+        "swap", description="a swap; a canary's start, step, cancellation or rollback; a "
+        "candidate added or removed at run time (from_model and to_model name it)",
+    )  # fmt: skip
+    via: str | None = Field(None, description="for a swap: swap (instant) or canary")
+    reason: str | None = Field(None, description="why a canary moved or was rolled back")
+    from_model: str = Field(..., description="served before")
+    to_model: str = Field(..., description="served after")
+    labels: int = Field(..., description="labels applied in the round at the time")
+    round: int = Field(..., description="the round")
+    trigger_item: str | None = Field(None, description="the label that moved the posterior")
+
+
+class PoolCandidate(Strict):
+    name: str = Field(..., description="the candidate's name")
+    kind: Literal["sklearn", "onnx", "python"] = Field(..., description="how it is loaded")
+
+
+class PoolInfo(Strict):
+    n_features: int = Field(..., ge=1, description="features per instance")
+    classes: list[str] = Field(..., description="class index -> class name")
+    candidates: list[PoolCandidate] = Field(..., description="the candidates, in pool order")
+    initial: str = Field(..., description="the model served before any label")
+    image_shape: list[int] | None = Field(
+        ..., description="how to show an instance as an image (null: a table of features)"
+    )
+
+
+class Selection(Strict):
+    """What the picker decided. The posterior, the losses, the step and the best model are
+    for admins only: from them and an item's predictions, q (what a label weighs) could be
+    worked out, and a labeler who knew it could steer the served model."""
+
+    round: int = Field(..., ge=0, description="current round")
+    step: int | None = Field(
+        ..., ge=0, description="items the picker has seen this round (admins only)"
+    )
+    queries: int = Field(..., ge=0, description="items queued for labeling this round")
+    labels: int = Field(..., ge=0, description="labels applied this round")
+    label_budget: int | None = Field(..., description="queries allowed this round")
+    selector: Literal["modelpicker", "pool-based"] = Field(
+        ..., description="the round's selector (how its items were chosen)"
+    )
+    posterior: dict[str, float] | None = Field(
+        ..., description="probability each model is the best (admins only)"
+    )
+    losses: dict[str, float] | None = Field(
+        ..., description="importance-weighted loss L_i (pool-based: mistakes on labeled items; "
+        "admins only)",
+    )  # fmt: skip
+    best_model: str | None = Field(..., description="the posterior's best (admins only)")
+    served_model: str = Field(..., description="the model answering clients")
+    selection_version: int = Field(..., ge=0, description="bumps on every hot swap")
+    swaps: list[SwapRecord] = Field(..., description="recent swaps, oldest first")
+
+
+class RoundRecord(Strict):
+    round: int = Field(..., ge=0, description="the round's number")
+    started_at: float = Field(..., description="unix time it started")
+    ended_at: float | None = Field(..., description="unix time it ended (null: current)")
+    label_budget: int | None = Field(..., description="queries allowed in it")
+    selector: Literal["modelpicker", "pool-based"] = Field(
+        "modelpicker", description="how its items were chosen"
+    )
+    step: int = Field(..., ge=0, description="items the picker saw in it")
+    queries: int = Field(..., ge=0, description="items queued for labeling in it")
+    labels: int = Field(..., ge=0, description="labels applied in it")
+    posterior: dict[str, float] = Field(..., description="the posterior at its end (or now)")
+    best_model: str = Field(..., description="the posterior's best at its end (or now)")
+    swaps: list[SwapRecord] = Field(..., description="swaps made in it (the ones still kept)")
+    started_by: dict[str, Any] | None = Field(
+        None, description="why it started: null (an operator, or start-up), or the drift "
+        "evidence (reason, test, statistics, p-values, windows, step)",
+    )  # fmt: skip
+
+
+class RoundsResponse(Strict):
+    rounds: list[RoundRecord] = Field(..., description="the newest rounds, newest first")
+
+
+class AuditedLabel(Strict):
+    item_id: str = Field(..., description="the item labeled")
+    label: int = Field(..., ge=0, description="the class index given")
+    class_name: str = Field(..., description="the class's name")
+    by: str = Field(..., description="the name of the token that gave it")
+    at: float = Field(..., description="unix time it was applied")
+
+
+class LabelAudit(Strict):
+    round: int = Field(..., ge=0, description="the round")
+    labels: list[AuditedLabel] = Field(..., description="accepted labels, oldest first")
+
+
+class RoundRequest(Strict):
+    label_budget: StrictInt | None = Field(
+        None, ge=0, le=10_000_000,
+        description="queries allowed in the new round; absent: the deployment's label_budget, "
+        "null: no budget",
+    )  # fmt: skip
+
+
+class BudgetRequest(Strict):
+    label_budget: StrictInt | None = Field(
+        ..., ge=0, le=10_000_000, description="queries allowed in the current round (null: none)"
+    )
+
+
+V2Parameters = dict[
+    Annotated[Text, Field(max_length=64)],
+    FiniteFloat | bool | Annotated[Text, Field(max_length=256)],
+]
+
+
+class V2Tensor(Strict):
+    name: Text = Field(..., min_length=1, max_length=128, description="input name")
+    shape: list[Annotated[int, Field(ge=0, le=100_000_000)]] = Field(
+        ..., min_length=1, max_length=2, description="[rows, features] or [features]"
+    )
+    datatype: Literal["FP32", "FP64", "INT32", "INT64"] = Field(..., description="element type")
+    data: list[FiniteFloat] | list[Annotated[list[FiniteFloat], Field(max_length=MAX_FEATURES)]] = (
+        Field(..., max_length=100_000_000, description="row-major values, flat or nested rows")
+    )
+    parameters: V2Parameters | None = Field(
+        None, max_length=16, description="OIP tensor parameters (accepted, not used)"
+    )
+
+
+class V2RequestedOutput(Strict):
+    name: Text = Field(..., min_length=1, max_length=128, description="an output to return")
+    parameters: V2Parameters | None = Field(
+        None, max_length=16, description="OIP output parameters (accepted, not used)"
+    )
+
+
+class V2InferRequest(Strict):
+    id: Text | None = Field(None, max_length=128, description="echoed in the response")
+    inputs: list[V2Tensor] = Field(..., min_length=1, max_length=1, description="one input")
+    outputs: list[V2RequestedOutput] | None = Field(
+        None, max_length=8, description="accepted; every output is returned"
+    )
+    parameters: V2Parameters | None = Field(
+        None, max_length=16, description="OIP request parameters (accepted, not used)"
+    )
+
+
+class CandidateChange(Strict):
+    candidates: list[str] = Field(..., description="the pool's candidates now, in order")
+    served_model: str = Field(..., description="the model served now")
+    loss: float | None = Field(
+        None, ge=0, description="an added candidate's loss, backfilled from the round's labels"
+    )
+    labels: int | None = Field(None, ge=0, description="the labels its loss was computed from")

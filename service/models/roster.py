@@ -1,0 +1,133 @@
+"""The pool file follows the store.
+
+`POST /v1/candidates` and `DELETE /v1/candidates/{name}` change the store first (one
+transaction: `service.state.rules.candidates`), then make the pool file name the store's candidates
+(`follow`), so that no sequence of requests can leave the two disagreeing: at worst the file
+is behind the store, and whoever reads it next (a replica's pool check, start-up) brings it
+up to date. The store keeps what that needs: the pool file entries of candidates added at
+run time and the names of those removed. A file that names a candidate the store never
+had is not overwritten: that is an operator's edit, and start-up says so.
+
+Every replica must see the same file (one machine, or a shared volume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from service.models.pool_file import (
+    Candidate,
+    CandidateSpec,
+    FloatMatrix,
+    PoolSpec,
+    load_candidate,
+    read_pool_spec,
+    use_search_path,
+    write_pool_file,
+)
+from service.state.rules import META, Meta
+from service.state.rules.candidates import RosterError
+from service.state.store.base import Backend
+
+_file_lock = threading.Lock()  # one change of the pool file at a time in this process
+
+__all__ = ["RosterError", "classes_of", "follow", "follow_store", "load"]
+
+
+def _replace_file(pool_file: Path, spec: PoolSpec) -> None:
+    """Write the pool file whole or not at all (a crash leaves the old or the new one)."""
+    handle, temporary = tempfile.mkstemp(prefix=".pool-", dir=pool_file.parent)
+    os.close(handle)
+    try:
+        write_pool_file(Path(temporary), spec)
+        os.replace(temporary, pool_file)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def followed(
+    pool: PoolSpec,
+    models: Sequence[str],
+    added: Mapping[str, Mapping[str, Any]],
+    removed: Sequence[str],
+) -> PoolSpec:
+    """The pool file's contents naming the store's candidates `models`, in their order:
+    each entry from the file where it has one, else the store's (`added`). RosterError if
+    the file holds a candidate the store does not know as removed, or the store a
+    candidate neither the file nor `added` describes."""
+    in_file = {c.name: c for c in pool.candidates}
+    unknown = [n for n in in_file if n not in models and n not in removed]
+    missing = [n for n in models if n not in in_file and n not in added]
+    if unknown or missing:
+        raise RosterError(
+            f"the store's pool {list(models)} is not the pool file's {list(in_file)}, and "
+            "not by candidates changed at run time"
+        )
+    entries = [in_file.get(n) or CandidateSpec.model_validate(added[n]) for n in models]
+    initial = pool.initial if pool.initial in models else None
+    return pool.model_copy(update={"candidates": entries, "initial": initial})
+
+
+def follow(
+    pool_file: Path,
+    models: Sequence[str],
+    added: Mapping[str, Mapping[str, Any]],
+    removed: Sequence[str],
+) -> PoolSpec:
+    """Make the pool file name the store's candidates (`followed`), writing it only when
+    it differs; returns its contents."""
+    with _file_lock:
+        pool = read_pool_spec(pool_file)
+        if [c.name for c in pool.candidates] == list(models):
+            return pool
+        wanted = followed(pool, models, added, removed)
+        _replace_file(pool_file, wanted)
+    return wanted
+
+
+def follow_store(backend: Backend, pool_file: Path) -> None:
+    """At start-up: if the store holds a pool the file is behind (a candidate change whose
+    process stopped between its store write and its file write), the file catches up. A
+    file that differs otherwise is left as it is (the store's pool check says why)."""
+    doc = backend.read([META]).get(META)
+    if doc is None:
+        return
+    meta = Meta.from_dict(doc.value)
+    with contextlib.suppress(RosterError):
+        follow(pool_file, meta.models, meta.added, meta.removed)
+
+
+def classes_of(candidate: Candidate, features: FloatMatrix) -> npt.NDArray[np.int64]:
+    """The candidate's class per row; -1 where its output is not finite (no label equals
+    it, so such a row counts as a mistake, as in shadow evaluation)."""
+    if len(features) == 0:
+        return np.zeros(0, dtype=np.int64)
+    probabilities = candidate.class_probabilities(features)
+    finite = np.isfinite(probabilities).all(axis=1)
+    return np.where(finite, probabilities.argmax(axis=1), -1).astype(np.int64)
+
+
+def load(
+    pool_file: Path, pool: PoolSpec, loaded: Sequence[Candidate], wanted: Sequence[str]
+) -> list[Candidate]:
+    """The candidates `wanted` (the store's pool, in its order), reusing those loaded and
+    loading the others as the pool file `pool` names them; RosterError if it does not."""
+    specs = {c.name: c for c in pool.candidates}
+    if [c.name for c in pool.candidates] != list(wanted):
+        raise RosterError(
+            f"the store's pool {list(wanted)} is not the pool file's {list(specs)} "
+            f"({pool_file}): every replica must see the same pool file (a shared volume on "
+            "a cluster)"
+        )
+    by_name = {c.name: c for c in loaded}
+    use_search_path(pool_file, pool)
+    return [by_name.get(n) or load_candidate(specs[n], pool_file, pool) for n in wanted]
