@@ -23,10 +23,10 @@ from ray.serve import Application
 from service.config.settings import Settings
 from service.http.auth import TokenError, TokenSpec, check_access, read_tokens, token_table
 from service.http.router import Router
-from service.models import roster
 from service.models.candidates import Candidates
 from service.models.demo_data import ensure_demo
 from service.models.pool_file import PoolLoadError, load_pool
+from service.state.follow import follow_store
 from service.state.store.base import StoreError
 from service.state.store.factory import open_backend
 
@@ -42,7 +42,7 @@ def resolve_pool_file(settings: Settings) -> Path:
         pool_file = settings.pool.resolve()
     backend = open_backend(settings)
     try:
-        roster.follow_store(backend, pool_file)
+        follow_store(backend, pool_file)
     finally:
         backend.close()
     load_pool(pool_file)

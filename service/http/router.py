@@ -31,15 +31,16 @@ from service.http.routes.candidates import CandidateRoutes
 from service.http.routes.inference import InferenceRoutes
 from service.http.routes.labeling import LabelingRoutes
 from service.http.routes.state import StateRoutes
-from service.models import roster
 from service.models.pool_file import PoolSpec, load_pool, read_pool_spec
 from service.models.runner import ModelRunner
-from service.replica.canary import CanaryStats, canary_key
+from service.replica.canary import CanaryStats
 from service.replica.health import PROBE_S
 from service.replica.loops import ReplicaRuntime
 from service.replica.serving import Server
 from service.replica.shadow import ShadowEvaluator
+from service.state.follow import follow_store
 from service.state.live import LiveState
+from service.state.rules.swaps import canary_key
 from service.state.store.factory import open_backend, retention
 
 # Ray Serve turns the route methods into FastAPI class-based views in the driver, by
@@ -72,7 +73,7 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
         classes = len(read_pool_spec(self.pool_file).class_names)
         self.state = LiveState(open_backend(settings), retention(settings), classes)
         # A replica restarted after a candidate change stopped half-way: the file catches up.
-        await asyncio.to_thread(roster.follow_store, self.state.backend, self.pool_file)
+        await asyncio.to_thread(follow_store, self.state.backend, self.pool_file)
         self.pool: PoolSpec = read_pool_spec(self.pool_file)
         self.names = [c.name for c in self.pool.candidates]
         initial = 0 if self.pool.initial is None else self.names.index(self.pool.initial)

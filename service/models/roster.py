@@ -1,19 +1,19 @@
 """The pool file follows the store.
 
 `POST /v1/candidates` and `DELETE /v1/candidates/{name}` change the store first (one
-transaction: `service.state.rules.candidates`), then make the pool file name the store's candidates
-(`follow`), so that no sequence of requests can leave the two disagreeing: at worst the file
-is behind the store, and whoever reads it next (a replica's pool check, start-up) brings it
-up to date. The store keeps what that needs: the pool file entries of candidates added at
-run time and the names of those removed. A file that names a candidate the store never
-had is not overwritten: that is an operator's edit, and start-up says so.
+transaction: `service.state.rules.candidates`), then make the pool file name the store's
+candidates (`follow`), so that no sequence of requests can leave the two disagreeing: at
+worst the file is behind the store, and whoever reads it next (a replica's pool check,
+start-up: `service.state.follow`) brings it up to date. The store keeps what that needs:
+the pool file entries of candidates added at run time and the names of those removed. A
+file that names a candidate the store never had is not overwritten: that is an
+operator's edit, and start-up says so.
 
 Every replica must see the same file (one machine, or a shared volume).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import threading
@@ -34,13 +34,13 @@ from service.models.pool_file import (
     use_search_path,
     write_pool_file,
 )
-from service.state.rules import META, Meta
-from service.state.rules.candidates import RosterError
-from service.state.store.base import Backend
 
 _file_lock = threading.Lock()  # one change of the pool file at a time in this process
 
-__all__ = ["RosterError", "classes_of", "follow", "follow_store", "load"]
+
+class RosterError(ValueError):
+    """The change does not fit the pool (a name taken or unknown, too few candidates), or
+    the pool file does not name the store's candidates."""
 
 
 def _replace_file(pool_file: Path, spec: PoolSpec) -> None:
@@ -92,18 +92,6 @@ def follow(
         wanted = followed(pool, models, added, removed)
         _replace_file(pool_file, wanted)
     return wanted
-
-
-def follow_store(backend: Backend, pool_file: Path) -> None:
-    """At start-up: if the store holds a pool the file is behind (a candidate change whose
-    process stopped between its store write and its file write), the file catches up. A
-    file that differs otherwise is left as it is (the store's pool check says why)."""
-    doc = backend.read([META]).get(META)
-    if doc is None:
-        return
-    meta = Meta.from_dict(doc.value)
-    with contextlib.suppress(RosterError):
-        follow(pool_file, meta.models, meta.added, meta.removed)
 
 
 def classes_of(candidate: Candidate, features: FloatMatrix) -> npt.NDArray[np.int64]:

@@ -37,7 +37,7 @@ from service.state.rules import (
     queue_key,
     tally_key,
 )
-from service.state.rules import candidates as pool_rules
+from service.state.rules import candidates as roster_rules
 from service.state.store.base import Backend, Committed, Doc, Retention, StoreError, Txn
 
 # Swap records returned with a selection (the store keeps Retention.log_cap of them).
@@ -396,14 +396,14 @@ class LiveState:
     def canary_move(
         self, verdict: str, key: tuple[int, int, float], steps: int, now: float, why: str
     ) -> None:
-        """Advance (or promote) or roll back the canary `key` names (`service.replica.canary`)."""
-        from service.replica import canary
+        """Advance (or promote) or roll back the canary `key` names (a replica's verdict,
+        `service.replica.canary`)."""
 
         def attempt() -> tuple[Txn | None, Any]:
             current = self.selection(recent_swaps=0, belief=False)
             if verdict == "rollback":
-                return canary.rollback(new_op("canary"), current, key, now, why)
-            return canary.advance(new_op("canary"), current, key, steps, now, why)
+                return rules.rollback(new_op("canary"), current, key, now, why)
+            return rules.advance(new_op("canary"), current, key, steps, now, why)
 
         self._transact(attempt)
 
@@ -435,7 +435,7 @@ class LiveState:
         key: str | None = None,
     ) -> dict[str, Any]:
         """The candidate `entry` (its pool file entry) joins the current round
-        (`pool_rules.add_candidate`; RosterError if its name is taken); `classes_of(X)` is
+        (`roster_rules.add_candidate`; RosterError if its name is taken); `classes_of(X)` is
         the new candidate's predicted class per row. Returns the pool after it, the served
         model, its loss and label count; with the client's Idempotency-Key `key` (bound
         already), that answer is kept with the key in the same step."""
@@ -444,7 +444,7 @@ class LiveState:
         def attempt() -> tuple[Txn | None, Any]:
             current = self.selection(recent_swaps=0, belief=False)
             binding = None if key_doc is None else self._read(key_doc)
-            pool_rules.check_addition(current.meta.models, str(entry["name"]))
+            roster_rules.check_addition(current.meta.models, str(entry["name"]))
             labeled = self.backend.log(audit_key(current.picker.round), self.retention.audit_cap)
             if len(labeled) != current.picker.labels or any("q" not in e for e in labeled):
                 raise StoreError(
@@ -461,7 +461,7 @@ class LiveState:
             )
             waiting = dict(zip(pending, zip(pending.values(), classes[len(labeled):], strict=True),
                                strict=True))  # fmt: skip
-            txn = pool_rules.add_candidate(op, current, entry, labeled, classes[: len(labeled)],
+            txn = roster_rules.add_candidate(op, current, entry, labeled, classes[: len(labeled)],
                                            waiting, now)  # fmt: skip
             if key_doc is not None and binding is not None:
                 txn = rules.answering_key(txn, binding, key_doc, now, self.retention.item_s)
@@ -471,15 +471,15 @@ class LiveState:
         return dict(committed.result if committed.status == "replayed" else answer)
 
     def remove_candidate(self, op: str, name: str, now: float) -> str:
-        """Drop `name` from the pool (`pool_rules.remove_candidate`; RosterError if it is
+        """Drop `name` from the pool (`roster_rules.remove_candidate`; RosterError if it is
         not there, or the pool would keep fewer than two); returns the model served after."""
 
         def attempt() -> tuple[Txn | None, Any]:
             current = self.selection(recent_swaps=0)
-            pool_rules.check_removal(current.meta.models, name)
+            roster_rules.check_removal(current.meta.models, name)
             pending = self.pending_items(current)
             index = current.meta.models.index(name)
-            txn = pool_rules.remove_candidate(op, current, index, pending, now)
+            txn = roster_rules.remove_candidate(op, current, index, pending, now)
             return txn, txn.result
 
         committed, served = self._transact(attempt)

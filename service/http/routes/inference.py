@@ -19,10 +19,10 @@ from service.http.auth import Caller
 from service.http.limits import AsciiJSONResponse
 from service.models.pool_file import FloatMatrix, as_feature_matrix
 from service.models.runner import ModelError
-from service.replica.canary import canary_key, canary_share
 from service.replica.serving import Answer
 from service.replica.shadow import paced_rate
 from service.state.rules import Selection
+from service.state.rules.swaps import canary_key, canary_share
 from service.state.store.base import StoreError
 
 

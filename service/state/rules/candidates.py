@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from picker import PickerState
+from service.models.roster import RosterError
 from service.state.rules import (
     COUNTERS,
     META,
@@ -43,10 +44,6 @@ from service.state.store.base import Doc, Put, Txn
 
 MIN_CANDIDATES = 2
 REMOVED_KEPT = 1000  # names of removed candidates meta remembers (the newest)
-
-
-class RosterError(ValueError):
-    """The change does not fit the pool (a name taken or unknown, too few candidates)."""
 
 
 def check_addition(models: Sequence[str], name: str) -> None:

@@ -12,9 +12,10 @@ import yaml
 
 from service.http.views import round_view, selection_view
 from service.models import roster
+from service.models.roster import RosterError
+from service.state.follow import follow_store
 from service.state.live import LiveState, new_op
 from service.state.rules import KeyReusedError
-from service.state.rules.candidates import RosterError
 from tests.integration.contract.conftest import Connect
 from tests.integration.contract.test_live_state import MODELS, NOW, TTL, queue_all, state
 
@@ -124,7 +125,7 @@ def test_the_pool_file_catches_up_after_a_crash_between_store_and_file(
     live.add_candidate(new_op("add"), {"name": "d", "sklearn": "d.joblib"},
                        lambda x: np.zeros(len(x)), NOW)  # fmt: skip
     live.remove_candidate(new_op("remove"), "a", NOW)
-    roster.follow_store(connect(), pool_file)
+    follow_store(connect(), pool_file)
     assert file_names(pool_file) == ["b", "c", "d"]
     assert yaml.safe_load(pool_file.read_text())["candidates"][-1]["sklearn"] == "d.joblib"
     LiveState(connect()).initialise(file_names(pool_file), 0, None, NOW)  # the pools agree
@@ -135,7 +136,7 @@ def test_an_operators_edit_of_the_pool_file_is_not_overwritten(
 ) -> None:
     pool_file = write_pool(tmp_path, [*MODELS, "hand-added"])
     state(connect)
-    roster.follow_store(connect(), pool_file)
+    follow_store(connect(), pool_file)
     assert file_names(pool_file) == [*MODELS, "hand-added"]
     with pytest.raises(RosterError, match="not by candidates changed at run time"):
         roster.follow(pool_file, MODELS, {}, ())

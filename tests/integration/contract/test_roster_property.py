@@ -17,6 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from service.http.views import round_view, selection_view
 from service.models import roster
+from service.state.follow import follow_store
 from service.state.live import LiveState, new_op
 from service.state.store.base import Retention
 from service.state.store.sqlite import SQLiteBackend
@@ -43,7 +44,7 @@ class PoolAndStore(RuleBasedStateMachine):
     def restart(self) -> None:
         """A replica starting: the store reopened, the pool file caught up, initialised."""
         self.live = LiveState(SQLiteBackend(self.folder / "state.sqlite3", Retention()))
-        roster.follow_store(self.live.backend, self.pool_file)
+        follow_store(self.live.backend, self.pool_file)
         names = [c["name"] for c in yaml.safe_load(self.pool_file.read_text())["candidates"]]
         self.live.initialise(names, 0, None, NOW)
         self.cut_short = False

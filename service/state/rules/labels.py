@@ -1,0 +1,147 @@
+"""Labels and leases: who may hold an item, for how long, and what a label does to
+the round's losses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from picker import (
+    apply_increments,
+    loss_increments,
+)
+from service.state.rules.documents import (
+    ACCEPTED_COUNTER,
+    COUNTERS,
+    META,
+    Item,
+    LabelOutcome,
+    Selection,
+    Tally,
+    audit_key,
+    item_key,
+    labeled_key,
+    queue_key,
+    tally_key,
+)
+from service.state.store.base import Doc, Put, Txn
+
+
+def leasable(item: Item | None, round_number: int, now: float, ttl_s: float) -> bool:
+    """A labeler may get an item that is pending, of the current round and not expired."""
+    return (
+        item is not None
+        and item.status == "pending"
+        and item.round == round_number
+        and item.created_at >= now - ttl_s
+    )
+
+
+def renew_leases(
+    op: str,
+    current: Selection,
+    items: Mapping[str, Doc | None],
+    now: float,
+    lease_s: float,
+    ttl_s: float,
+    by: str = "anonymous",
+) -> tuple[Txn | None, list[str]]:
+    """Extend to now + lease_s, for `by`, the leases of items still waiting for a label in
+    the current round that nobody else holds (a labeler still working on them); the others
+    are returned as not renewed. The compare-and-set covers the round and every renewed
+    item, so a label or a new round landing meanwhile makes the caller read again."""
+    round_number = current.picker.round
+    renewed: dict[str, float] = {}
+    expect, put = {META: current.meta_version}, {}
+    for item_id, doc in items.items():
+        item = None if doc is None else Item.from_dict(item_id, doc.value)
+        if doc is None or item is None or not leasable(item, round_number, now, ttl_s):
+            continue
+        if item.held_by_other(by, now):
+            continue
+        renewed[item_id] = now + lease_s
+        expect[item_key(item_id)] = doc.version
+        held = replace(item, holder=by, lease_until=now + lease_s)
+        put[item_key(item_id)] = Put(held.to_dict(), held.expire_at)
+    if not renewed:
+        return None, []
+    txn = Txn(op, expect=expect, put=put, push={queue_key(round_number): renewed},
+              result=sorted(renewed))  # fmt: skip
+    return txn, sorted(renewed)
+
+
+def hold_items(
+    op: str, docs: Mapping[str, Doc], ids: Sequence[str], by: str, until: float
+) -> tuple[Txn | None, list[Item]]:
+    """The items a lease just took (`ids`, whose documents are `docs`) record who holds
+    them until when; an item gone meanwhile is left out."""
+    held, put, expect = [], {}, {}
+    for item_id in ids:
+        doc = docs.get(item_key(item_id))
+        if doc is None:
+            continue
+        value = {**doc.value, "holder": by, "lease_until": until}  # the document, as is
+        held.append(Item.from_dict(item_id, value))
+        put[item_key(item_id)] = Put(value, value["expire_at"])
+        expect[item_key(item_id)] = doc.version
+    if not held:
+        return None, []
+    return Txn(op, expect=expect, put=put), held
+
+
+def lease_window(now: float, ttl_s: float) -> tuple[float, float]:
+    """Queue scores a lease may take: available now, queued within the TTL."""
+    return now - ttl_s, now
+
+
+def apply_label(
+    op: str,
+    item_id: str,
+    item: Doc | None,
+    tally: Doc | None,
+    label: int,
+    now: float,
+    ttl_s: float,
+    by: str = "anonymous",
+) -> tuple[LabelOutcome, str | None, Txn | None]:
+    """Apply a label once: L += [f_i(x) != y] / q, labels += 1, the item leaves the queue,
+    and the round's audit log records who gave it (`by`) and when. In a pool-based round
+    the item also joins the round's labeled set (its belief is derived from the items).
+
+    A repeat by the op that applied it is answered 'accepted' (the truth for a retry after
+    an unclear outcome); any other repeat is 'duplicate'. Stale items are 'unknown'. An
+    item someone else holds a live lease on is 'leased' and keeps waiting for its holder's
+    label (a label counts from its holder, or from anyone once no lease holds it)."""
+    if item is None:
+        return "unknown", "this item was never queued for labeling (or its record expired)", None
+    stored = Item.from_dict(item_id, item.value)
+    if stored.status == "labeled":
+        if stored.op == op and stored.label == label:
+            return "accepted", None, None
+        return "duplicate", "this item already has a label; it counted once", None
+    round_tally = None if tally is None else Tally.from_dict(tally.value)
+    if tally is None or round_tally is None or round_tally.closed:
+        return "unknown", "this item belongs to an earlier round", None
+    if stored.created_at < now - ttl_s:
+        return "unknown", "this item expired (query_ttl_s)", None
+    if stored.held_by_other(by, now):
+        return "leased", "another labeler holds this item's lease: the label was not applied", None
+    increments = loss_increments(stored.predictions, label, stored.q)
+    updated = replace(round_tally, picker=apply_increments(round_tally.picker, increments))
+    labeled = replace(stored, status="labeled", label=label, op=op, labeled_at=now)
+    push = ({labeled_key(stored.round): {item_id: float(updated.picker.labels)}}
+            if round_tally.pooled else {})  # fmt: skip
+    txn = Txn(
+        op,
+        expect={item_key(item_id): item.version, tally_key(stored.round): tally.version},
+        put={item_key(item_id): Put(labeled.to_dict(), labeled.expire_at),
+             tally_key(stored.round): Put(updated.to_dict())},
+        push=push,
+        pull={queue_key(stored.round): [item_id]},
+        add={COUNTERS: {ACCEPTED_COUNTER: 1.0}},
+        append={audit_key(stored.round): [
+            {"item_id": item_id, "label": label, "by": by, "at": now, "q": stored.q,
+             "instance": list(stored.instance)}]},
+        result="accepted",
+    )  # fmt: skip
+    return "accepted", None, txn

@@ -1,0 +1,126 @@
+"""Observing live items (shadow evaluation): the picker sees a batch, queries and
+queues what it chose, and the round's drift monitor counts it in the same step."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from picker import (
+    cap_queries,
+    decide_queries,
+    observe,
+    record_queries,
+)
+from picker.pooled import disagreeing
+from service.state import drift
+from service.state.drift import DriftConfig, Monitor
+from service.state.rules.documents import (
+    COUNTERS,
+    DRIFT_COUNTER,
+    QUERIES_COUNTER,
+    Item,
+    Selection,
+    item_key,
+    pool_key,
+    queue_key,
+    tally_key,
+)
+from service.state.store.base import Put, Retention, Txn
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What observing a batch did: items queued, and the drift evidence if it found any."""
+
+    queued: int
+    drift: Mapping[str, Any] | None = None
+    stale: bool = False  # computed for another pool (a candidate was added or removed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"queued": self.queued, "drift": None if self.drift is None else dict(self.drift)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Observed:
+        if isinstance(data, int):  # answers recorded before drift monitoring existed
+            return cls(data)
+        return cls(int(data["queued"]), data.get("drift"))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Items the picker saw: every candidate's prediction, their ids and features."""
+
+    item_ids: Sequence[str]
+    predictions: npt.NDArray[np.int64]
+    instances: npt.NDArray[np.float64]
+    models: Sequence[str] | None = None  # the candidates the columns are (None: unchecked)
+
+
+def observe_batch(
+    op: str,
+    current: Selection,
+    existing: set[str],
+    batch: Batch,
+    gamma: float,
+    rng: np.random.Generator,
+    now: float,
+    retention: Retention,
+    drift_config: DriftConfig | None = None,
+    pool_max_items: int = 20_000,
+) -> tuple[Txn | None, Observed]:
+    """t advances by the batch size; the picker's coins choose items to queue, within the
+    round's budget; an id that is already stored is never queued (nor counted) twice.
+    A pool-based round instead queues every fresh item the candidates disagree on (q = 1),
+    up to `pool_max_items` in its pool: its budget counts labels, not admissions.
+    With `drift_config`, the round's drift monitor counts the batch in the same step.
+    Returns the transaction and what it observed (queued items, drift evidence)."""
+    picker = current.picker
+    if batch.models is not None and tuple(batch.models) != current.meta.models:
+        return None, Observed(0, stale=True)  # the pool changed meanwhile: not observed
+    fresh = np.array([i not in existing for i in batch.item_ids], dtype=bool)
+    if current.pooled:
+        q = np.ones(len(batch.item_ids))
+        room = max(0, pool_max_items - picker.queries)
+        chosen = np.flatnonzero(fresh & disagreeing(batch.predictions))[:room]
+    else:
+        decisions = decide_queries(
+            picker.loss_array, picker.step + 1, batch.predictions, gamma, None, rng
+        )
+        q = decisions.q
+        chosen = np.flatnonzero(cap_queries(decisions.query & fresh, picker.queries_left))
+    advanced = record_queries(observe(picker, len(batch.item_ids)), len(chosen))
+    items = [
+        Item(batch.item_ids[int(i)], picker.round, float(q[i]),
+             tuple(int(p) for p in batch.predictions[i]),
+             tuple(float(x) for x in batch.instances[i]), now,
+             expire_at=now + retention.item_s)
+        for i in chosen
+    ]  # fmt: skip
+    tally = replace(current.tally, picker=advanced)
+    evidence = None
+    if drift_config is not None:
+        monitor = current.tally.monitor or Monitor.start(current.served, drift_config.n_classes)
+        monitor, evidence = drift.observe(monitor, batch.predictions, drift_config, picker.step)
+        tally = replace(tally, monitor=monitor)
+        if evidence is not None:
+            evidence = {**evidence, "round": picker.round,
+                        "watched_model": current.meta.models[monitor.model]}  # fmt: skip
+    put = {tally_key(picker.round): Put(tally.to_dict())}
+    put.update({item_key(i.item_id): Put(i.to_dict(), i.expire_at) for i in items})
+    expect = {tally_key(picker.round): current.tally_version}
+    expect.update({item_key(i.item_id): 0 for i in items})
+    push = {queue_key(picker.round): {i.item_id: now for i in items}}
+    if current.pooled and items:
+        push[pool_key(picker.round)] = {i.item_id: now for i in items}
+    counts = {QUERIES_COUNTER: float(len(items))} if items else {}
+    if evidence is not None:
+        counts[DRIFT_COUNTER] = 1.0
+    observed = Observed(len(items), evidence)
+    txn = Txn(op, expect=expect, put=put, push=push, add={COUNTERS: counts} if counts else {},
+              result=observed.to_dict())  # fmt: skip
+    return txn, observed
