@@ -156,17 +156,25 @@ def draw_queries(q: npt.ArrayLike, rng: np.random.Generator) -> BoolArray:
     return result
 
 
+def importance_weighted(mistakes: npt.ArrayLike, q: float | npt.ArrayLike) -> FloatArray:
+    """ModelPicker's importance-weighted loss of labels: [f_i(x) != y] / q, the one place
+    it is written. `mistakes` is (..., k); `q` a scalar or one per leading row, each in
+    (0, 1] (a label is only ever asked with q > 0)."""
+    q_array = np.asarray(q, dtype=np.float64)
+    if not np.all((q_array > 0.0) & (q_array <= 1.0)):
+        raise ValueError(f"q must be in (0, 1], got {q_array}")
+    weights = np.asarray(mistakes, dtype=np.float64)
+    result: FloatArray = weights / (q_array[..., None] if q_array.ndim else q_array)
+    return result
+
+
 def loss_increments(predictions: npt.ArrayLike, label: int, q: float) -> FloatArray:
     """Per-model importance-weighted loss of one label: [f_i(x_t) != y_t] / q_t.
 
     Adding these to L in any order gives the same L (up to float rounding), so a store
     can apply delayed labels atomically as they come.
     """
-    if not 0.0 < q <= 1.0:
-        raise ValueError(f"q must be in (0, 1], got {q}")
-    mistakes = np.asarray(predictions, dtype=np.int64) != label
-    result: FloatArray = mistakes / q
-    return result
+    return importance_weighted(np.asarray(predictions, dtype=np.int64) != label, q)
 
 
 def best_model(losses: FloatArray, rng: np.random.Generator) -> IntArray:

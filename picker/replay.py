@@ -21,6 +21,7 @@ from picker.modelpicker import (
     FloatArray,
     IntArray,
     best_model,
+    importance_weighted,
     learning_rate,
     posterior,
     query_probability_from_classes,
@@ -142,7 +143,7 @@ def run_replay(
         asked = rng.random(runs) < q
         if asked.any():
             mistakes = errors[items[asked]].astype(np.float64)
-            losses[asked] += mistakes / q[asked, None] if weighs_by_q else mistakes
+            losses[asked] += importance_weighted(mistakes, q[asked]) if weighs_by_q else mistakes
             labels += asked
         if on_step is not None:
             on_step(1)

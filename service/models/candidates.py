@@ -23,6 +23,7 @@ from ray import serve
 
 from service.models import roster
 from service.models.pool_file import (
+    NO_CLASS,
     Candidate,
     FloatMatrix,
     LoadedPool,
@@ -32,8 +33,6 @@ from service.models.pool_file import (
 )
 from service.models.roster import RosterError
 from service.models.runner import ModelError, ModelRunner
-
-NO_CLASS = -1
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,16 @@ from pydantic import (
 )
 
 FloatMatrix = npt.NDArray[np.float64]
+NO_CLASS = -1  # a row whose class probabilities are not finite: no label equals it
+
+
+def predicted_classes(
+    probabilities: FloatMatrix, no_class: int = NO_CLASS
+) -> npt.NDArray[np.int64]:
+    """The predicted class of each row: the most probable one, or `no_class` where the
+    row's probabilities are not finite (so that such a row counts as a mistake)."""
+    finite = np.isfinite(probabilities).all(axis=1)
+    return np.where(finite, probabilities.argmax(axis=1), no_class).astype(np.int64)
 
 
 class PoolLoadError(RuntimeError):
@@ -211,11 +221,8 @@ class LoadedPool:
     def predict_all(self, features: FloatMatrix, no_class: int = -1) -> npt.NDArray[np.int64]:
         """Every candidate's predicted class, shape (items, models); `no_class` where a
         model's probabilities for an item are not finite."""
-        columns = []
-        for candidate in self.candidates:
-            probabilities = candidate.class_probabilities(features)
-            finite = np.isfinite(probabilities).all(axis=1)
-            columns.append(np.where(finite, probabilities.argmax(axis=1), no_class))
+        columns = [predicted_classes(c.class_probabilities(features), no_class)
+                   for c in self.candidates]  # fmt: skip
         return np.stack(columns, axis=1).astype(np.int64)
 
 

@@ -30,6 +30,7 @@ from service.models.pool_file import (
     FloatMatrix,
     PoolSpec,
     load_candidate,
+    predicted_classes,
     read_pool_spec,
     use_search_path,
     write_pool_file,
@@ -99,9 +100,7 @@ def classes_of(candidate: Candidate, features: FloatMatrix) -> npt.NDArray[np.in
     it, so such a row counts as a mistake, as in shadow evaluation)."""
     if len(features) == 0:
         return np.zeros(0, dtype=np.int64)
-    probabilities = candidate.class_probabilities(features)
-    finite = np.isfinite(probabilities).all(axis=1)
-    return np.where(finite, probabilities.argmax(axis=1), -1).astype(np.int64)
+    return predicted_classes(candidate.class_probabilities(features))
 
 
 def load(

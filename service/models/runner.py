@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from service.models.pool_file import Candidate, FloatMatrix
+from service.models.pool_file import Candidate, FloatMatrix, predicted_classes
 
 
 class ModelError(RuntimeError):
@@ -129,8 +129,7 @@ class ModelRunner:
         columns = []
         for index in range(len(self.candidates)):
             probabilities = await self.raw_probabilities(index, features)
-            finite = np.isfinite(probabilities).all(axis=1)
-            columns.append(np.where(finite, probabilities.argmax(axis=1), no_class))
+            columns.append(predicted_classes(probabilities, no_class))
         return np.stack(columns, axis=1).astype(np.int64)
 
     def close(self) -> None:

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from service.config.knobs import RuntimeKnobs
-from service.models.candidates import NO_CLASS, Failed
-from service.models.pool_file import FloatMatrix
+from service.models.candidates import Failed
+from service.models.pool_file import NO_CLASS, FloatMatrix
 from service.replica.metrics import LocalCounters
 from service.state.drift import DriftConfig
 from service.state.live import LiveState, new_op

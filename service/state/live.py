@@ -66,7 +66,6 @@ class LiveState:
         self.backend = backend
         self.retention = retention or Retention()
         self.beliefs = BeliefCache(backend, n_classes)  # pool-based rounds (service.state.belief)
-        self._rng = np.random.default_rng()
 
     def _read(self, key: str) -> Doc | None:
         return self.backend.read([key]).get(key)
@@ -173,15 +172,23 @@ class LiveState:
     # ---- labeling ------------------------------------------------------------------------
 
     def lease(
-        self, limit: int, now: float, lease_s: float, ttl_s: float, by: str = "anonymous"
+        self,
+        limit: int,
+        now: float,
+        lease_s: float,
+        ttl_s: float,
+        by: str = "anonymous",
+        rng: np.random.Generator | None = None,
     ) -> list[Item]:
         """Hand out to `by` up to `limit` items nobody holds, for lease_s (each item records
         its holder); items found dead (labeled, expired, gone) leave the queue.
         ModelPicker's queue goes oldest first (cost: log(queue) + limit per pass, 3 passes
-        at most); a pool-based round's in its belief's order (`_lease_ranked`)."""
+        at most); a pool-based round's in its belief's order (`_lease_ranked`), ties broken
+        by `rng` (the replica's, from the `seed` knob; a fresh one if none is given)."""
         current = self.selection(recent_swaps=0, belief=False)
         if current.pooled:
-            leased = self._lease_ranked(current, limit, now, lease_s, ttl_s)
+            rng = rng if rng is not None else np.random.default_rng()
+            leased = self._lease_ranked(current, limit, now, lease_s, ttl_s, rng)
         else:
             leased = self._lease_oldest(current, limit, now, lease_s, ttl_s)
         return self._hold(leased, by, now + lease_s)
@@ -232,21 +239,27 @@ class LiveState:
         return alive
 
     def _lease_ranked(
-        self, current: Selection, limit: int, now: float, lease_s: float, ttl_s: float
+        self,
+        current: Selection,
+        limit: int,
+        now: float,
+        lease_s: float,
+        ttl_s: float,
+        rng: np.random.Generator,
     ) -> list[Item]:
         """A pool-based round: the belief (re-derived with every label) ranks the round's
         unlabeled items, and the best-ranked ones nobody holds are claimed in that order.
-        With a label budget, no more are handed out than the labels it has left, less the
-        items leased now. Cost: the belief's update plus the ranked items walked."""
+        With a label budget, no more than it has left (`rules.pool_lease_limit`). Cost: the
+        belief's update plus the ranked items walked."""
         picker = current.picker
         queue = queue_key(picker.round)
         lowest, highest = rules.lease_window(now, ttl_s)
         if picker.budget is not None:
             held = self.backend.count(queue, math.nextafter(now, math.inf))
-            limit = min(limit, max(0, picker.budget - picker.labels - held))
+            limit = rules.pool_lease_limit(picker, limit, held)
         if limit <= 0:
             return []
-        ranked = self.beliefs.belief(current).ranking(self._rng)
+        ranked = self.beliefs.belief(current).ranking(rng)
         leased: list[Item] = []
         start = 0
         while len(leased) < limit and start < len(ranked):

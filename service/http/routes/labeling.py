@@ -44,7 +44,13 @@ class LabelingRoutes(RouterBase):
         now, knobs = time.time(), self.knobs
         try:
             leased = await self.runtime.run_store(
-                self.state.lease, limit, now, knobs.lease_s, knobs.query_ttl_s, caller.name
+                self.state.lease,
+                limit,
+                now,
+                knobs.lease_s,
+                knobs.query_ttl_s,
+                caller.name,
+                self.rng,
             )
             depth = await self.runtime.run_store(self.state.queue_depth, now, knobs.query_ttl_s)
         except StoreError as error:

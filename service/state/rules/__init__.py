@@ -61,6 +61,7 @@ from service.state.rules.labels import (
     hold_items,
     leasable,
     lease_window,
+    pool_lease_limit,
     renew_leases,
 )
 from service.state.rules.observe import (
@@ -79,6 +80,7 @@ from service.state.rules.swaps import (
     canary_event,
     canary_key,
     canary_share,
+    change_record,
     promote,
     rollback,
     swap,
@@ -116,6 +118,7 @@ __all__ = [
     "canary_event",
     "canary_key",
     "canary_share",
+    "change_record",
     "check_pool",
     "hold_items",
     "initialise",
@@ -127,6 +130,7 @@ __all__ = [
     "new_round",
     "observe_batch",
     "pool_key",
+    "pool_lease_limit",
     "promote",
     "queue_key",
     "renew_leases",

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from picker import PickerState
+from picker import PickerState, loss_increments
 from service.models.roster import RosterError
 from service.state.rules import (
     COUNTERS,
@@ -36,8 +36,8 @@ from service.state.rules import (
     SWAPS_COUNTER,
     Item,
     Selection,
+    change_record,
     item_key,
-    swap_record,
     tally_key,
 )
 from service.state.store.base import Doc, Put, Txn
@@ -63,7 +63,7 @@ def backfilled_loss(labeled: Sequence[Mapping[str, Any]], predictions: Sequence[
     (the same float additions the store made for the other candidates)."""
     loss = 0.0
     for entry, predicted in zip(labeled, predictions, strict=True):
-        loss += float(int(predicted) != int(entry["label"])) / float(entry["q"])
+        loss += float(loss_increments([int(predicted)], int(entry["label"]), float(entry["q"]))[0])
     return loss
 
 
@@ -100,9 +100,14 @@ def add_candidate(
         grown = replace(item, predictions=(*item.predictions, int(predicted)))
         put[item_key(item_id)] = Put(grown.to_dict(), item.expire_at)
         expect[item_key(item_id)] = doc.version
-    record = {"time": now, "kind": "candidate_added", "from_model": name, "to_model": name,
-              "labels": picker.labels, "round": picker.round, "trigger_item": None,
-              "reason": f"backfilled loss {loss:.6g} from {len(labeled)} labels"}  # fmt: skip
+    record = change_record(
+        "candidate_added",
+        name,
+        name,
+        picker,
+        now,
+        reason=f"backfilled loss {loss:.6g} from {len(labeled)} labels",
+    )
     answer = {"candidates": list(meta.models), "served_model": meta.models[meta.served],
               "loss": loss, "labels": len(labeled)}  # fmt: skip
     return Txn(op, expect=expect, put=put, append={SWAPS: [record]}, result=answer)
@@ -132,19 +137,16 @@ def remove_candidate(
     barred = meta.barred
     if barred is not None:
         barred = (barred[0], tuple(_without(m, removed) for m in barred[1] if m != removed))
-    records = [{"time": now, "kind": "candidate_removed", "from_model": meta.models[removed],
-                "to_model": meta.models[removed], "labels": picker.labels,
-                "round": picker.round, "trigger_item": None}]  # fmt: skip
+    name = meta.models[removed]
+    records = [change_record("candidate_removed", name, name, picker, now)]
     served, version = _without(meta.served, removed), meta.version
     if meta.served == removed:
         served, version = int(np.argmax(np.delete(current.weights(), removed))), version + 1
-        records.append(swap_record(current, "swap", meta.served, now, None,
-                                   via="removal") | {"to_model": models[served]})  # fmt: skip
+        records.append(change_record("swap", name, models[served], picker, now, via="removal"))
     monitor = tally.monitor
     if monitor is not None:
         monitor = (None if monitor.model == removed
                    else replace(monitor, model=_without(monitor.model, removed)))  # fmt: skip
-    name = meta.models[removed]
     new_meta = replace(meta, models=models, served=served, version=version, canary=canary,
                        barred=barred,
                        added={k: v for k, v in meta.added.items() if k != name},

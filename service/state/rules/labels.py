@@ -6,10 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from picker import (
-    apply_increments,
-    loss_increments,
-)
+from picker import PickerState, apply_increments, loss_increments
 from service.state.rules.documents import (
     ACCEPTED_COUNTER,
     COUNTERS,
@@ -145,3 +142,12 @@ def apply_label(
         result="accepted",
     )  # fmt: skip
     return "accepted", None, txn
+
+
+def pool_lease_limit(picker: PickerState, limit: int, held: int) -> int:
+    """A pool-based round's label budget: a labeler gets no more items than the labels the
+    budget has left, less the items held by labelers now (each may become a label).
+    ModelPicker's budget caps queries instead, as the stream is seen (`picker.cap_queries`)."""
+    if picker.budget is None:
+        return limit
+    return min(limit, max(0, picker.budget - picker.labels - held))

@@ -7,9 +7,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from picker import (
-    served_model,
-)
+from picker import PickerState, served_model
 from service.config.knobs import RuntimeKnobs
 from service.state.rules.documents import COUNTERS, META, SWAPS, SWAPS_COUNTER, Selection, tally_key
 from service.state.store.base import Put, Txn
@@ -58,13 +56,29 @@ def swap(
     return promote(op, current, target, now, trigger)
 
 
+def change_record(
+    kind: str,
+    from_model: str,
+    to_model: str,
+    picker: PickerState,
+    now: float,
+    trigger: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """An entry of the swap log (a swap, a canary's event, a candidate added or removed):
+    what changed, when, at which label count of which round."""
+    return {"time": now, "kind": kind, "from_model": from_model, "to_model": to_model,
+            "labels": picker.labels, "round": picker.round, "trigger_item": trigger,
+            **extra}  # fmt: skip
+
+
 def swap_record(
     current: Selection, kind: str, to: int, now: float, trigger: str | None, **extra: Any
 ) -> dict[str, Any]:
+    """A swap log entry from the served model to model `to`."""
     names = current.meta.models
-    return {"time": now, "kind": kind, "from_model": names[current.served],
-            "to_model": names[to], "labels": current.picker.labels,
-            "round": current.picker.round, "trigger_item": trigger, **extra}  # fmt: skip
+    return change_record(kind, names[current.served], names[to], current.picker, now, trigger,
+                         **extra)  # fmt: skip
 
 
 def promote(
