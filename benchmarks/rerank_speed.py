@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from picker.pooled import make_selector
+from picker.selectors import make_selector
 
 ITEMS, MODELS, WARM, TIMED = 10_000, 100, 20, 15
 

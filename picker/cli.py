@@ -20,8 +20,8 @@ import numpy as np
 from picker.calibrate import calibrate_gamma, calibrate_pool
 from picker.data import PickerInputError, Pool, load_matrix, load_pool, make_pool
 from picker.pool_replay import pool_replay
-from picker.pooled import POOL_METHODS
 from picker.replay import METHODS, Method, ProgressCallback, ReplayResult, replay
+from picker.selectors import POOL_METHODS
 
 
 def _positive(kind: type[int] | type[float]) -> Any:

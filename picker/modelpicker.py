@@ -177,10 +177,16 @@ def loss_increments(predictions: npt.ArrayLike, label: int, q: float) -> FloatAr
     return importance_weighted(np.asarray(predictions, dtype=np.int64) != label, q)
 
 
-def best_model(losses: FloatArray, rng: np.random.Generator) -> IntArray:
-    """argmax_i w_i = argmin_i L_i, ties broken uniformly at random (per leading index)."""
+def best_model(losses: FloatArray, rng: np.random.Generator | None = None) -> IntArray:
+    """argmax_i w_i = argmin_i L_i (per leading index): the one rule for "the best model".
+    Ties are broken uniformly at random with `rng` (the replay's returned model, as the
+    reference does); without one, the first of the tied models (a view every replica must
+    read alike: the service's best model)."""
     losses = np.asarray(losses, dtype=np.float64)
     is_tied_best = losses == losses.min(axis=-1, keepdims=True)
+    if rng is None:
+        first: IntArray = is_tied_best.argmax(axis=-1).astype(np.int64)
+        return first
     tie_break = np.where(is_tied_best, rng.random(losses.shape), -1.0)
     result: IntArray = tie_break.argmax(axis=-1).astype(np.int64)
     return result

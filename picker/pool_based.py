@@ -35,6 +35,7 @@ import math
 from typing import ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from picker.modelpicker import FloatArray
 from picker.pooled import PoolSelector, pick_max, vote_counts
@@ -262,6 +263,26 @@ class PoolBased(PoolSelector):
         weight[challengers] = normal_cdf(-mu[challengers] / np.sqrt(sigma2[challengers]))
         weight[challengers] /= sigma2[challengers]
         result: FloatArray = variance @ weight
+        return result
+
+    def posterior(self, rng: np.random.Generator) -> FloatArray:
+        """P(each model is the best), as the service reports and swaps on it: `p_best`
+        once the belief is calibrated (MIN_LABELS_FOR_TEMPERATURE labels: before them the
+        temperature is 1 and agreement alone may be confidently wrong), every model alike
+        before."""
+        if len(self.labels) < MIN_LABELS_FOR_TEMPERATURE:
+            return np.full(self.n_models, 1.0 / self.n_models)
+        return self.p_best(rng)
+
+    def ranking(self, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+        """Every item `choose` may pick, the most useful label first (`item_scores`), items
+        scored alike in random order: `choose` is the head of this order, in distribution
+        (the best score, ties at random; all scores 0: any open item alike). A service
+        that hands out several items at once hands them out in this order."""
+        scores = self.item_scores()
+        open_items = np.flatnonzero(self._disagrees & ~self._labeled)
+        order = np.lexsort((rng.random(open_items.size), -scores[open_items]))
+        result: npt.NDArray[np.int64] = open_items[order].astype(np.int64)
         return result
 
     def choose(self, rng: np.random.Generator) -> int | None:

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from picker.data import Pool
-from picker.pooled import make_selector
 from picker.replay import ProgressCallback, ReplayResult, draw_streams, identification
+from picker.selectors import make_selector
 
 
 def pool_replay(

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from picker.pool_based import MIN_LABELS_FOR_TEMPERATURE, PoolBased
+from picker.pool_based import PoolBased
 from service.state.rules import Selection, item_key, labeled_key, pool_key
 from service.state.store.base import Backend
 
@@ -42,26 +42,21 @@ class Belief:
     labels: int
 
     def ranking(self, rng: np.random.Generator) -> list[str]:
-        """The unlabeled items, the most useful label first (`PoolBased.item_scores`); items
-        the belief scores alike (those scored 0 among them) in random order."""
+        """The unlabeled items, the most useful label first (`PoolBased.ranking`)."""
         if self.selector is None:
             return []
-        scores = self.selector.item_scores()
-        labeled = np.fromiter(self.selector.labels, dtype=np.int64, count=len(self.selector.labels))
-        unlabeled = np.setdiff1d(np.arange(len(self.ids)), labeled)
-        order = np.lexsort((rng.random(unlabeled.size), -scores[unlabeled]))
-        return [self.ids[int(i)] for i in unlabeled[order]]
+        return [self.ids[int(i)] for i in self.selector.ranking(rng)]
 
 
 def posterior_of(
     selector: PoolBased | None, n_models: int, seed: Sequence[int]
 ) -> tuple[float, ...]:
-    """P(each candidate is the best). Until the belief is calibrated (five labels: before
-    them the temperature is 1 and agreement alone may be confidently wrong) it claims
-    nothing: every candidate alike."""
-    if selector is None or len(selector.labels) < MIN_LABELS_FOR_TEMPERATURE:
+    """P(each candidate is the best) (`PoolBased.posterior`), drawn with `seed` (the
+    round's counts) so that every replica derives the same; every candidate alike while
+    the pool is empty."""
+    if selector is None:
         return tuple([1.0 / n_models] * n_models)
-    weights = selector.p_best(np.random.default_rng(list(seed)))
+    weights = selector.posterior(np.random.default_rng(list(seed)))
     return tuple(float(w) for w in weights)
 
 

@@ -367,10 +367,8 @@ class LiveState:
 
         def attempt() -> tuple[Txn | None, Any]:
             current = self.selection(recent_swaps=0, belief=False)
-            if current.tally.selector == selector:
-                return None, (True, current)
-            txn = rules.switch_selector(new_op("selector"), current, selector)
-            return txn, (txn is not None, current)
+            txn, in_place = rules.switch_selector(new_op("selector"), current, selector)
+            return txn, (in_place, current)
 
         _, (applied, current) = self._transact(attempt)
         if applied:

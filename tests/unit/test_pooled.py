@@ -10,7 +10,7 @@ from picker.coda import Coda, beta_pdf_cdf, diagonal_betas, entropy_bits, pbest_
 from picker.model_selector import ModelSelector, expected_entropy, log_belief
 from picker.modelpicker import compact_classes
 from picker.pool_based import PoolBased, log_rising, normal_cdf
-from picker.pooled import POOL_METHODS, make_selector, selector_from_dict
+from picker.selectors import POOL_METHODS, make_selector, selector_from_dict
 
 
 def noisy_pool(rng, n=120, accuracies=(0.55, 0.6, 0.65, 0.7, 0.75), n_classes=4):

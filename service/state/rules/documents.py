@@ -10,10 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from picker import (
-    PickerState,
-    initial_state,
-)
+from picker import PickerState, best_model, initial_state
 from service.state.drift import Monitor
 from service.state.store.base import AUDIT_PREFIX, Doc, Put, StoreError, Txn
 
@@ -166,11 +163,12 @@ class Tally:
         return self.picker.weights()
 
     def best(self, weights: npt.NDArray[np.float64] | None = None) -> int:
-        """The posterior's best model (the first on ties): ModelPicker's argmin L, or in a
-        pool-based round the argmax of `weights` (None: the round's recorded ones)."""
+        """The posterior's best model (`picker.best_model`, the first on ties):
+        ModelPicker's argmin L, or in a pool-based round the argmax of `weights` (None: the
+        round's recorded ones)."""
         if not self.pooled:
-            return int(np.argmin(self.picker.loss_array))
-        return int(np.argmax(self.weights() if weights is None else weights))
+            return int(best_model(self.picker.loss_array))
+        return int(best_model(-(self.weights() if weights is None else weights)))
 
 
 @dataclass(frozen=True)

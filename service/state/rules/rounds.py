@@ -75,13 +75,16 @@ def _rewrite_tally(op: str, current: Selection, tally: Tally) -> Txn:
                put={round_key: Put(tally.to_dict())})  # fmt: skip
 
 
-def switch_selector(op: str, current: Selection, selector: str) -> Txn | None:
-    """The round takes `selector` in place while it has queued nothing (a start-up, before
-    any item): None otherwise, when only a new round may change it (its items were asked
-    for by the other rule)."""
+def switch_selector(op: str, current: Selection, selector: str) -> tuple[Txn | None, bool]:
+    """The deployment's selector for the current round: (the change, whether the round
+    can run `selector`). A round that runs it already needs nothing; one that has queued
+    nothing (a start-up, before any item) takes it in place; otherwise (None, False): only
+    a new round may change it, its items were asked for by the other rule."""
+    if current.tally.selector == selector:
+        return None, True
     if current.picker.queries or current.picker.labels:
-        return None
-    return _rewrite_tally(op, current, replace(current.tally, selector=selector))
+        return None, False
+    return _rewrite_tally(op, current, replace(current.tally, selector=selector)), True
 
 
 def set_budget(op: str, current: Selection, budget: int | None) -> Txn:
