@@ -59,6 +59,14 @@ class LabelResult:
     detail: str | None = None
 
 
+class RoundNotKeptError(LookupError):
+    """A round older than the rounds kept (PICKSERVE_ROUNDS_KEPT): its tally is gone."""
+
+    def __init__(self, round_number: int) -> None:
+        super().__init__(f"round {round_number} is no longer kept (PICKSERVE_ROUNDS_KEPT)")
+        self.round_number = round_number
+
+
 class LiveState:
     def __init__(
         self, backend: Backend, retention: Retention | None = None, n_classes: int | None = None
@@ -120,7 +128,7 @@ class LiveState:
             return current
         doc = self._read(tally_key(round_number))
         if doc is None:
-            raise StoreError(f"round {round_number} is not kept (PICKSERVE_ROUNDS_KEPT)")
+            raise RoundNotKeptError(round_number)
         tally = Tally.from_dict(doc.value)
         return replace(current, tally=tally, tally_version=doc.version, posterior=tally.posterior)
 

@@ -31,6 +31,7 @@ TOKENS = {
 }  # fmt: skip
 ROLES = {"infer": "infer", "alice": "label", "bob": "label", "scraper": "metrics", "admin": "admin"}
 LEASE_S = 3.0
+ROUNDS_KEPT = 3
 
 
 def as_(who: str) -> dict[str, str]:
@@ -60,7 +61,7 @@ class Service:
             pool=self.pool, namespace=self.namespace, shadow_rate=1.0, gamma=50.0,
             lease_s=LEASE_S,
             settings={"tokens": json.dumps(tokens), "candidate_load_timeout_s": 8.0,
-                      "body_timeout_s": 2.0},
+                      "body_timeout_s": 2.0, "rounds_kept": ROUNDS_KEPT},
         )  # fmt: skip
 
 
@@ -429,6 +430,24 @@ def test_8_a_body_that_trickles_is_cut(client: httpx.Client) -> None:
             if answer:
                 break
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+
+
+def test_a_round_key_repeated_after_its_round_left_the_history_is_a_410(
+    client: httpx.Client,
+) -> None:
+    """The fuzzer found it: a repeat answers the round its key started, and once that
+    round is no longer kept (rounds_kept) the answer was a 503. Now a 410 that says so,
+    and the repeat changes nothing."""
+    key = {**as_("admin"), "Idempotency-Key": f"old-round-{uuid.uuid4().hex[:8]}"}
+    first = client.post("/v1/rounds", json={}, headers=key)
+    assert first.status_code == 200, first.text
+    for _ in range(ROUNDS_KEPT + 1):
+        assert client.post("/v1/rounds", json={}, headers=as_("admin")).status_code == 200
+    before = client.get("/v1/selection", headers=as_("admin")).json()
+    repeat = client.post("/v1/rounds", json={}, headers=key)
+    assert repeat.status_code == 410, repeat.text
+    assert f"started round {first.json()['round']}" in repeat.json()["detail"]
+    assert client.get("/v1/selection", headers=as_("admin")).json() == before
 
 
 def test_1_after_all_that_a_restart_serves_the_same_pool(

@@ -23,7 +23,7 @@ from service.http.auth import Caller
 from service.http.views import round_view, selection_view
 from service.replica.metrics import gauge, render
 from service.replica.shadow import paced_rate
-from service.state.live import new_op
+from service.state.live import RoundNotKeptError, new_op
 from service.state.store.base import StoreError
 
 
@@ -54,6 +54,13 @@ class StateRoutes(RouterBase):
                 selection = await self.runtime.run_store(self.state.selection)
             else:
                 selection = await self.runtime.run_store(self.state.selection_of, round_number)
+        except RoundNotKeptError as error:  # a key's repeat, after its round left the history
+            raise HTTPException(
+                410,
+                f"this request started round {error.round_number}, which is no longer "
+                "kept (PICKSERVE_ROUNDS_KEPT): it was applied then; GET /v1/selection shows "
+                "the current round",
+            ) from error
         except StoreError as error:
             raise unavailable(error, "the selection") from error
         return selection_view(selection, full)
