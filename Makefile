@@ -10,7 +10,7 @@ DEMO_ARGS ?=
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: run test demo lint bench replay-demo clean
+.PHONY: run test test-fast demo lint bench replay-demo clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+# The tier that starts no process (no Ray, no Redis): a minute or two.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .
