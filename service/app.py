@@ -25,7 +25,8 @@ from service.http.auth import TokenError, TokenSpec, check_access, read_tokens, 
 from service.http.router import Router
 from service.models.candidates import Candidates
 from service.models.demo_data import ensure_demo
-from service.models.pool_file import PoolLoadError, load_pool
+from service.models.loaders import load_pool
+from service.models.pool_file import PoolLoadError
 from service.state.follow import follow_store
 from service.state.store.base import StoreError
 from service.state.store.factory import open_backend

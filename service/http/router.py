@@ -31,7 +31,8 @@ from service.http.routes.candidates import CandidateRoutes
 from service.http.routes.inference import InferenceRoutes
 from service.http.routes.labeling import LabelingRoutes
 from service.http.routes.state import StateRoutes
-from service.models.pool_file import PoolSpec, load_pool, read_pool_spec
+from service.models.loaders import load_pool
+from service.models.pool_file import PoolSpec, read_pool_spec
 from service.models.runner import ModelRunner
 from service.replica.canary import CanaryStats
 from service.replica.health import PROBE_S

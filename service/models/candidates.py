@@ -22,15 +22,8 @@ import numpy as np
 from ray import serve
 
 from service.models import roster
-from service.models.pool_file import (
-    NO_CLASS,
-    Candidate,
-    FloatMatrix,
-    LoadedPool,
-    PoolLoadError,
-    load_pool,
-    read_pool_spec,
-)
+from service.models.loaders import Candidate, LoadedPool, load_pool
+from service.models.pool_file import NO_CLASS, FloatMatrix, PoolLoadError, read_pool_spec
 from service.models.roster import RosterError
 from service.models.runner import ModelError, ModelRunner
 

@@ -22,15 +22,8 @@ import numpy.typing as npt
 from rich.console import Console
 from rich.table import Table
 
-from service.models.pool_file import (
-    Candidate,
-    LoadedPool,
-    PoolLoadError,
-    PoolSpec,
-    load_candidate,
-    read_pool_spec,
-    use_search_path,
-)
+from service.models.loaders import Candidate, LoadedPool, load_candidate, use_search_path
+from service.models.pool_file import PoolLoadError, PoolSpec, read_pool_spec
 
 LATENCY_BATCH = 32
 LATENCY_REPEATS = 5

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from service.models.pool_file import CandidateSpec, LoadedPool, PoolSpec, load_pool, write_pool_file
+from service.models.loaders import LoadedPool, load_pool
+from service.models.pool_file import CandidateSpec, PoolSpec, write_pool_file
 
 DEMO_VERSION = 3
 STREAMS = ("today", "moved", "blurred")

@@ -6,8 +6,8 @@ Python and the numeric libraries need), an address-space bound (`memory_mb`), it
 session (so that everything it starts is killed with it) and a deadline. It cannot import
 Ray, so a factory that calls `ray.serve.shutdown()` fails there instead of stopping the
 application. It loads and probes the candidate exactly as a replica would
-(`service.models.pool_file.load_candidate`) and reports one JSON line on a pipe of its own; whatever
-the candidate prints goes nowhere. A crash, a hang, an exit or a refusal comes back as a
+(`service.models.loaders.load_candidate`) and reports one JSON line on a pipe of its
+own; whatever the candidate prints goes nowhere. A crash, a hang, an exit or a refusal comes back as a
 `PoolLoadError` with its reason in one line, and the replica goes on.
 
 This guards against candidates that fail, not against code written to escape: what runs
@@ -105,7 +105,8 @@ def _child() -> None:
     limit = int(request["memory_mb"]) * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sys.modules["ray"] = None  # type: ignore[assignment]  # `import ray` fails here
-    from service.models.pool_file import load_candidate, read_pool_spec, use_search_path
+    from service.models.loaders import load_candidate, use_search_path
+    from service.models.pool_file import read_pool_spec
 
     result = os.fdopen(int(request["result_fd"]), "w")
     try:

@@ -24,15 +24,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from service.models.loaders import Candidate, load_candidate, predicted_classes, use_search_path
 from service.models.pool_file import (
-    Candidate,
     CandidateSpec,
     FloatMatrix,
     PoolSpec,
-    load_candidate,
-    predicted_classes,
     read_pool_spec,
-    use_search_path,
     write_pool_file,
 )
 

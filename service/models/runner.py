@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from service.models.pool_file import Candidate, FloatMatrix, predicted_classes
+from service.models.loaders import Candidate, predicted_classes
+from service.models.pool_file import FloatMatrix
 
 
 class ModelError(RuntimeError):

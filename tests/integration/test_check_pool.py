@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from service.models.demo_data import DemoData
-from service.models.pool_file import load_pool
+from service.models.loaders import load_pool
 from tests import bad_pools
 
 ROOT = Path(__file__).resolve().parents[2]

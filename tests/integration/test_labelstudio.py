@@ -83,7 +83,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Cli
 class BridgeProcess:
     def __init__(self, pickserve: str, studio: str, state: Path, log: Path) -> None:
         self.command = [
-            sys.executable, "-m", "service.tools.labelstudio.bridge", "--pickserve-url", pickserve,
+            sys.executable, "-m", "service.tools.labelstudio", "--pickserve-url", pickserve,
             "--label-studio-url", studio, "--token", LS_TOKEN, "--project", "digits",
             "--state", str(state), "--webhook-port", str(free_port()), "--open-tasks", "6",
             "--poll-s", "0.5", "--sweep-s", "2",

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 from matplotlib import pyplot
 
-from service.tools.labelstudio.bridge import chosen_class, label_config, task_payload
+from service.tools.labelstudio.payloads import chosen_class, label_config, task_payload
 
 ITEM = {"item_id": "i1", "instance": [float(v) for v in range(64)],
         "predictions": {"a": 3, "b": -1, "c": 7}}  # fmt: skip

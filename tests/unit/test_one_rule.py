@@ -11,7 +11,8 @@ import pytest
 from picker import initial_state, loss_increments
 from picker.modelpicker import best_model, importance_weighted
 from picker.pool_based import MIN_LABELS_FOR_TEMPERATURE, PoolBased
-from service.models.pool_file import NO_CLASS, predicted_classes
+from service.models.loaders import predicted_classes
+from service.models.pool_file import NO_CLASS
 from service.state.rules.candidates import backfilled_loss
 from service.state.rules.labels import pool_lease_limit
 from service.state.rules.swaps import change_record

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from service.models.pool_file import PoolLoadError, as_feature_matrix, load_pool
+from service.models.loaders import load_pool
+from service.models.pool_file import PoolLoadError, as_feature_matrix
 from tests import bad_pools
 
 RNG = np.random.default_rng(0)

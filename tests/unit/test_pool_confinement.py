@@ -14,13 +14,8 @@ import pytest
 from pydantic import ValidationError
 from sklearn.linear_model import LogisticRegression
 
-from service.models.pool_file import (
-    CandidateSpec,
-    PoolLoadError,
-    load_candidate,
-    read_pool_spec,
-    use_search_path,
-)
+from service.models.loaders import load_candidate, use_search_path
+from service.models.pool_file import CandidateSpec, PoolLoadError, read_pool_spec
 from tests import bad_pools
 
 X = np.random.default_rng(0).normal(size=(30, 4))

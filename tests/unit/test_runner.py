@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from service.models.pool_file import Candidate
+from service.models.loaders import Candidate
 from service.models.runner import ModelError, ModelRunner
 
 

@@ -20,16 +20,13 @@ from service.http.api import ADMIN, RouterBase, api, idempotency_header, logger,
 from service.http.auth import Caller
 from service.models import roster
 from service.models.isolated import load_isolated
+from service.models.loaders import Candidate, check_place, load_candidate, use_search_path
 from service.models.pool_file import (
     CANDIDATE_NAME_PATTERN,
-    Candidate,
     CandidateSpec,
     PoolLoadError,
     PoolSpec,
-    check_place,
-    load_candidate,
     read_pool_spec,
-    use_search_path,
 )
 from service.models.roster import RosterError
 from service.state.live import new_op
