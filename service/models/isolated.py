@@ -7,8 +7,8 @@ session (so that everything it starts is killed with it) and a deadline. It cann
 Ray, so a factory that calls `ray.serve.shutdown()` fails there instead of stopping the
 application. It loads and probes the candidate exactly as a replica would
 (`service.models.loaders.load_candidate`) and reports one JSON line on a pipe of its
-own; whatever the candidate prints goes nowhere. A crash, a hang, an exit or a refusal comes back as a
-`PoolLoadError` with its reason in one line, and the replica goes on.
+own; whatever the candidate prints goes nowhere. A crash, a hang, an exit or a refusal
+comes back as a `PoolLoadError` with its reason in one line, and the replica goes on.
 
 This guards against candidates that fail, not against code written to escape: what runs
 here is code someone placed in the pool folder (or, with `allow_installed_modules`, an
