@@ -6,9 +6,9 @@ state (budget, leases, expiry, rounds, swaps) lives above this contract, in
 `service.state.rules`, applied by `service.state.live.LiveState`. A backend may use Lua or
 SQL to make a primitive atomic, never to decide anything.
 
-Three implementations share `tests/integration/test_store_contract.py`: `MemoryBackend`
-(in-process, for unit tests and one-replica throwaway runs), `SQLiteBackend` (the embedded
-default) and `RedisBackend`.
+Three implementations pass the same contract suite, `tests/integration/contract/` (every
+test runs on each): `MemoryBackend` (in-process, for unit tests and one-replica throwaway
+runs), `SQLiteBackend` (the embedded default) and `RedisBackend`.
 """
 
 from __future__ import annotations
