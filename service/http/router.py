@@ -1,7 +1,8 @@
 """The ingress: one Ray Serve deployment whose routes live in one module per resource
-(`routes_inference`, `routes_labeling`, `routes_state`, `routes_candidates`). This module
-sets a replica up and runs its background ticks; the rules are `service.state.rules`, the math is
-`picker`'s, the background work is `service.replica.loops`'s."""
+(`routes/inference.py`, `routes/labeling.py`, `routes/state.py`, `routes/candidates.py`).
+This module sets a replica up and runs its background ticks; the rules are
+`service.state.rules`, the math is `picker`'s, the background work is
+`service.replica.loops`'s."""
 
 from __future__ import annotations
 
@@ -62,25 +63,35 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
         pool_file: str,
         token_table: list[dict[str, Any]],
     ) -> None:
-        self.settings = Settings.model_validate_json(settings_json)
-        _limits["limits"] = self.settings.limits()
+        self.settings = settings = Settings.model_validate_json(settings_json)
+        _limits["limits"] = settings.limits()
         if not token_table:  # however the app was built: no open door off loopback
-            check_access(self.settings.host, [], self.settings.allow_insecure)
+            check_access(settings.host, [], settings.allow_insecure)
         _auth["authenticator"] = Authenticator(token_table)
         self.candidates = candidates
         self.pool_file = FilePath(pool_file)
         self._pool_lock = asyncio.Lock()
-        settings = self.settings
         classes = len(read_pool_spec(self.pool_file).class_names)
         self.state = LiveState(open_backend(settings), retention(settings), classes)
         # A replica restarted after a candidate change stopped half-way: the file catches up.
         await asyncio.to_thread(follow_store, self.state.backend, self.pool_file)
         self.pool: PoolSpec = read_pool_spec(self.pool_file)
         self.names = [c.name for c in self.pool.candidates]
+        self._start_work(candidates)
         initial = 0 if self.pool.initial is None else self.names.index(self.pool.initial)
-        # serve_from=router: the served model answers in this process, no extra hop.
+        await self.runtime.run_store(self.state.initialise, self.names, initial, None,
+                                     time.time(), settings.knobs.selector)  # fmt: skip
+        await self.runtime.refresh()
+        self.rng = np.random.default_rng()
+        self._last_metrics: tuple[dict[str, float], int] = ({}, 0)
+        self.runtime.start()
+
+    def _start_work(self, candidates: DeploymentHandle[Any]) -> None:
+        """What runs beside the routes: the serving path (with the models in this process
+        when serve_from=router: no extra hop), shadow work and the replica's ticks."""
+        settings = self.settings
         runner = (
-            ModelRunner(load_pool(FilePath(pool_file)).candidates, settings.model_timeout_s,
+            ModelRunner(load_pool(self.pool_file).candidates, settings.model_timeout_s,
                         settings.model_threads)
             if settings.serve_from == "router" else None
         )  # fmt: skip
@@ -91,18 +102,12 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
         self.canary_stats = CanaryStats()
         self.runtime.also_every(self._canary_tick, settings.selection_refresh_s)
         self.runtime.also_every(self.sync_pool, settings.selection_refresh_s)
-        await self.runtime.run_store(self.state.initialise, self.names, initial, None,
-                                     time.time(), settings.knobs.selector)  # fmt: skip
-        await self.runtime.refresh()
-        self.rng = np.random.default_rng()
         self.shadow = ShadowEvaluator(
             candidates, self.state, self.runtime.run_store, self.runtime.counters,
             settings.shadow_max_in_flight, settings.shadow_batch_size,
             settings.shadow_batch_wait_s, self._shadow_timeout_s(), len(self.pool.class_names),
             lambda: self.names,
         )  # fmt: skip
-        self._last_metrics: tuple[dict[str, float], int] = ({}, 0)
-        self.runtime.start()
 
     def _shadow_timeout_s(self) -> float:
         """A shadow batch calls every model once, each within model_timeout_s; past this

@@ -107,8 +107,24 @@ class DemoData:
         return str(max(accuracy, key=lambda n: accuracy[n]))
 
 
-def _build(folder: Path) -> None:
+def _fit(
+    folder: Path,
+    candidates: list[tuple[str, Any, str]],
+    slices: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> list[tuple[str, Any]]:
+    """Fit each candidate on its training slice and save it as models/{name}.joblib."""
     import joblib
+
+    (folder / "models").mkdir(parents=True, exist_ok=True)
+    fitted = []
+    for name, estimator, slice_name in candidates:
+        estimator.fit(*slices[slice_name])
+        joblib.dump(estimator, folder / "models" / f"{name}.joblib")
+        fitted.append((name, estimator))
+    return fitted
+
+
+def _build(folder: Path) -> None:
     from sklearn.datasets import load_digits
 
     rng = np.random.default_rng(SEED)
@@ -124,15 +140,10 @@ def _build(folder: Path) -> None:
         "noisy": (np.vstack([train_x, shift(train_x, rng)]), np.concatenate([train_y, train_y])),
     }
     today_x = shift(held_x, rng)
-    (folder / "models").mkdir(parents=True, exist_ok=True)
-    specs, clean_accuracy = [], {}
-    fitted = []
-    for name, estimator, slice_name in _candidates(rng):
-        estimator.fit(*slices[slice_name])
-        joblib.dump(estimator, folder / "models" / f"{name}.joblib")
-        specs.append(CandidateSpec(name=name, sklearn=f"models/{name}.joblib"))
-        clean_accuracy[name] = float(np.mean(estimator.predict(held_x) == held_y))
-        fitted.append((name, estimator))
+    fitted = _fit(folder, _candidates(rng), slices)
+    specs = [CandidateSpec(name=name, sklearn=f"models/{name}.joblib") for name, _ in fitted]
+    clean_accuracy = {name: float(np.mean(model.predict(held_x) == held_y))
+                      for name, model in fitted}  # fmt: skip
     streams = {"today": today_x, "moved": moved(held_x, rng), "blurred": blurred(held_x)}
     accuracy = {
         stream: {name: float(np.mean(model.predict(x) == held_y)) for name, model in fitted}

@@ -147,7 +147,7 @@ def _view(progress: DemoProgress, target: str) -> Any:
     return table
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service.tools.demo", description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument(
@@ -164,47 +164,56 @@ def main() -> int:
     parser.add_argument("--then", choices=STREAMS,
                         help="once the best on --stream is served, switch to this stream (a "
                         "drift: pickserve should notice and start a new round)")  # fmt: skip
+    return parser
+
+
+def main() -> int:
+    parser = _parser()
     args = parser.parse_args()
     if not 1 <= args.labels_per_batch <= 500:
         parser.error("--labels-per-batch must be between 1 and 500 (GET /v1/queries' limit)")
-    from rich.console import Console
-    from rich.live import Live
-
     demo = ensure_demo((args.state_dir / "demo-pool").resolve())
-    console = Console()
-    phases = [args.stream] + ([args.then] if args.then else [])
     try:
         with httpx.Client(base_url=args.url, timeout=30) as client:
             mismatch = pool_mismatch(client, demo)
             if mismatch is not None:
                 print(f"error: the service at {args.url}: {mismatch}", file=sys.stderr)
                 return 2
-            for stream in phases:
-                started, target = time.monotonic(), demo.best_on(stream)
-                selector = client.get("/v1/selection").json().get("selector", "modelpicker")
-                console.print(f"stream {stream!r}: its best candidate is {target}; the "
-                              f"service's selector is {selector}")  # fmt: skip
-                with Live(console=console) as live:
-
-                    def show(progress: DemoProgress, target: str = target) -> None:
-                        live.update(_view(progress, target))
-
-                    progress = drive(client, demo, target, args.max_items, stream=stream,
-                                     on_step=show,
-                                     labels_per_batch=args.labels_per_batch)  # fmt: skip
-                served = progress.selection.get("served_model")
-                console.print(f"served model: {served} after {progress.items_served} items, "
-                              f"{progress.labels_posted} labels, "
-                              f"{time.monotonic() - started:.0f} s; clients saw "
-                              f"{' → '.join(progress.served_models_seen)}; round "
-                              f"{progress.selection.get('round')}")  # fmt: skip
-                if served != target:
+            for stream in [args.stream] + ([args.then] if args.then else []):
+                if not _run_phase(client, demo, stream, args):
                     return 1
     except httpx.HTTPError as error:
         print(f"error: cannot talk to pickserve at {args.url}: {error} (is `make run` up?)",
               file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+def _run_phase(client: httpx.Client, demo: DemoData, stream: str, args: argparse.Namespace) -> bool:
+    """Send `stream` and label until its best is served, live on the console; True when
+    the best is served."""
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    started, target = time.monotonic(), demo.best_on(stream)
+    selector = client.get("/v1/selection").json().get("selector", "modelpicker")
+    console.print(f"stream {stream!r}: its best candidate is {target}; the "
+                  f"service's selector is {selector}")  # fmt: skip
+    with Live(console=console) as live:
+
+        def show(progress: DemoProgress) -> None:
+            live.update(_view(progress, target))
+
+        progress = drive(client, demo, target, args.max_items, stream=stream, on_step=show,
+                         labels_per_batch=args.labels_per_batch)  # fmt: skip
+    served = progress.selection.get("served_model")
+    console.print(f"served model: {served} after {progress.items_served} items, "
+                  f"{progress.labels_posted} labels, "
+                  f"{time.monotonic() - started:.0f} s; clients saw "
+                  f"{' → '.join(progress.served_models_seen)}; round "
+                  f"{progress.selection.get('round')}")  # fmt: skip
+    return served == target
 
 
 if __name__ == "__main__":

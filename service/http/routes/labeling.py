@@ -130,25 +130,10 @@ class LabelingRoutes(RouterBase):
         for result in done:
             if result.outcome != "accepted":  # accepted ones count in the label's own write
                 counters.inc("labels", result.outcome)
-        results = [schemas.LabelResult(item_id=r.item_id, outcome=r.outcome, detail=r.detail)
-                   for r in done]  # fmt: skip
         accepted = [r.item_id for r in done if r.outcome == "accepted"]
         selection = await self._reconcile_after_labels(accepted[-1] if accepted else None)
-        headers = {"idempotency-key": key}
-        if failure is not None:
-            detail = (f"state store unavailable: {failure}. {len(done)} of "
-                      f"{len(request.labels)} labels were decided (see results); the others may "
-                      "or may not have been applied: repeat this request with the same "
-                      "Idempotency-Key to learn their outcome")  # fmt: skip
-            body = {"detail": detail, "results": [r.model_dump() for r in results]}
-            return AsciiJSONResponse(body, status_code=503, headers=headers)
-        outcomes = {r.outcome for r in done}
-        status = 200 if accepted else 409 if outcomes & {"duplicate", "leased"} else 404
-        response = schemas.FeedbackResponse(
-            results=results, served_model=self.names[selection.served],
-            selection_version=selection.version,
-        )  # fmt: skip
-        return AsciiJSONResponse(response.model_dump(), status_code=status, headers=headers)
+        return _feedback_answer(done, failure, len(request.labels), key,
+                                self.names[selection.served], selection.version)  # fmt: skip
 
     async def _reconcile_after_labels(self, trigger: str | None) -> Selection:
         """After every feedback request, whatever its outcomes: the served model follows the
@@ -158,3 +143,31 @@ class LabelingRoutes(RouterBase):
         except StoreError as error:
             logger.warning("swap check after labels failed (the refresh loop retries): %s", error)
             return self.selection
+
+
+def _feedback_answer(
+    done: list[LabelResult],
+    failure: StoreError | None,
+    sent: int,
+    key: str,
+    served_model: str,
+    selection_version: int,
+) -> JSONResponse:
+    """POST /v1/feedback's answer: 503 when the store failed part-way (with what was
+    decided), else 200 when any label was accepted, 409 (duplicates, leased) or 404."""
+    results = [schemas.LabelResult(item_id=r.item_id, outcome=r.outcome, detail=r.detail)
+               for r in done]  # fmt: skip
+    headers = {"idempotency-key": key}
+    if failure is not None:
+        detail = (f"state store unavailable: {failure}. {len(done)} of {sent} labels were "
+                  "decided (see results); the others may or may not have been applied: "
+                  "repeat this request with the same Idempotency-Key to learn their "
+                  "outcome")  # fmt: skip
+        body = {"detail": detail, "results": [r.model_dump() for r in results]}
+        return AsciiJSONResponse(body, status_code=503, headers=headers)
+    outcomes = {r.outcome for r in done}
+    status = 200 if "accepted" in outcomes else 409 if outcomes & {"duplicate", "leased"} else 404
+    response = schemas.FeedbackResponse(
+        results=results, served_model=served_model, selection_version=selection_version
+    )
+    return AsciiJSONResponse(response.model_dump(), status_code=status, headers=headers)
