@@ -14,6 +14,7 @@ import argparse
 import json
 import time
 import timeit
+from collections.abc import Callable
 
 import numpy as np
 
@@ -55,6 +56,29 @@ def one_run_loop(
     return int(best_model(losses, rng))
 
 
+def _decision_timer(predictions: np.ndarray, models: int, gamma: float) -> Callable[[int], float]:
+    """µs per item of the service's decision (rules.observe_batch) for a batch size."""
+    rng = np.random.default_rng(4)
+    losses = tuple(float(x) for x in rng.exponential(5.0, size=models))
+    current = rules.Selection(
+        rules.Meta(tuple(f"m{i}" for i in range(models)), 0),
+        rules.Tally(PickerState(losses, step=5000)),
+    )
+
+    def decision_us(batch_size: int) -> float:
+        batch = rules.Batch([f"i{n}" for n in range(batch_size)], predictions[:batch_size],
+                            np.zeros((batch_size, 64)))  # fmt: skip
+
+        def decide() -> object:
+            return rules.observe_batch("op", current, set(), batch, gamma, rng, 0.0, Retention())
+
+        repeats = 2_000
+        best = min(timeit.repeat(decide, number=repeats, repeat=5))
+        return best / repeats / batch_size * 1e6
+
+    return decision_us
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=500)
@@ -82,26 +106,7 @@ def main() -> None:
         one_run_loop(pool.predictions, pool.oracle, args.gamma, np.random.default_rng([3, run]))
     loop_per_run_s = (time.perf_counter() - started) / args.loop_runs
 
-    rng = np.random.default_rng(4)
-    losses = tuple(float(x) for x in rng.exponential(5.0, size=args.models))
-    current = rules.Selection(
-        rules.Meta(tuple(f"m{i}" for i in range(args.models)), 0),
-        rules.Tally(PickerState(losses, step=5000)),
-    )
-
-    def decision_us(batch_size: int) -> float:
-        batch = rules.Batch([f"i{n}" for n in range(batch_size)], pool.predictions[:batch_size],
-                            np.zeros((batch_size, 64)))  # fmt: skip
-
-        def decide() -> object:
-            return rules.observe_batch(
-                "op", current, set(), batch, args.gamma, rng, 0.0, Retention()
-            )
-
-        repeats = 2_000
-        best = min(timeit.repeat(decide, number=repeats, repeat=5))
-        return best / repeats / batch_size * 1e6
-
+    decision_us = _decision_timer(pool.predictions, args.models, args.gamma)
     engine_speedup = engine_per_run_s * args.runs / vectorised_s
     print(json.dumps({
         "runs": args.runs, "items": args.items, "models": args.models, "classes": args.classes,

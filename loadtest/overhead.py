@@ -150,7 +150,7 @@ def table(results: dict[str, dict[str, list[WrkResult]]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.overhead",
         description=__doc__,
@@ -186,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         "and write their stacks into this folder",
     )
     parser.add_argument("--profile-s", type=float, default=20, help="seconds per profile")
-    args = parser.parse_args(argv)  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     require_wrk()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -195,11 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from loadtest.bare import BareModel
     from service.app import demo_folder
     from service.config.settings import Settings
     from service.models.demo_data import ensure_demo
-    from service.models.pool_file import read_pool_spec
 
     state_dir = Path(tempfile.mkdtemp(prefix="pickserve-overhead-"))
     demo = ensure_demo(demo_folder(Settings(state_dir=state_dir)))
@@ -215,29 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_settle:
             report["settle"] = _settle(f"{base}/steady", demo, "blurred")
             print(f"settled: {report['settle']}", file=sys.stderr)
-        selection = httpx.get(f"{base}/steady/v1/selection", timeout=30).json()
-        served = selection["served_model"]
-        spec = read_pool_spec(demo.pool_file)
-        model_file = next(c.sklearn for c in spec.candidates if c.name == served)
-        assert model_file is not None
-        bare = BareModel.bind(str(demo.pool_file.parent / model_file))  # type: ignore[attr-defined]
-        serve.run(bare, name="bare", route_prefix="/bare")
+        served = _deploy_bare(base, demo)
         target = int(args.steady_knobs.get("queue_target", _default_queue_target()) or 0)
         if target:
             report["queue_fed"] = _feed_queue(f"{base}/steady", bodies, target)
-        before = {t: _shadow_counts(f"{base}/{t}") for t in ("steady", "active")}
-        results = measure(base, bodies, args.rounds, args.duration_s)
-        after = {t: _shadow_counts(f"{base}/{t}") for t in ("steady", "active")}
-        report["served_model"] = served
-        report["shadow_items_during_measurement"] = {
-            t: {k: after[t].get(k, 0) - before[t].get(k, 0) for k in after[t]} for t in after
-        }
-        report["results"] = {t: {c: [r.as_dict() for r in rs] for c, rs in v.items()}
-                             for t, v in results.items()}  # fmt: skip
-        print(f"\nmodel served by all three: {served}; {args.rounds} rounds of "
-              f"{args.duration_s:g} s per run; medians\n")  # fmt: skip
-        print(table(results))
-        print(f"\nshadow items during the measurement: {report['shadow_items_during_measurement']}")
+        _measure_into(report, base, bodies, served, args)
         if args.profile is not None:
             report["profile"] = _profile(base, bodies, args.profile, args.profile_s)
         if args.soak_s > 0:
@@ -250,6 +234,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
+
+
+def _deploy_bare(base: str, demo: Any) -> str:
+    """Deploy the bare app with the model `steady` serves; its name."""
+    from ray import serve
+
+    from loadtest.bare import BareModel
+    from service.models.pool_file import read_pool_spec
+
+    served = str(httpx.get(f"{base}/steady/v1/selection", timeout=30).json()["served_model"])
+    spec = read_pool_spec(demo.pool_file)
+    model_file = next(c.sklearn for c in spec.candidates if c.name == served)
+    assert model_file is not None
+    bare = BareModel.bind(str(demo.pool_file.parent / model_file))  # type: ignore[attr-defined]
+    serve.run(bare, name="bare", route_prefix="/bare")
+    return served
+
+
+def _measure_into(
+    report: dict[str, Any], base: str, bodies: list[str], served: str, args: argparse.Namespace
+) -> None:
+    """The three apps alternated under wrk; the figures and the shadow work done meanwhile
+    go into `report`, and the table is printed."""
+    before = {t: _shadow_counts(f"{base}/{t}") for t in ("steady", "active")}
+    results = measure(base, bodies, args.rounds, args.duration_s)
+    after = {t: _shadow_counts(f"{base}/{t}") for t in ("steady", "active")}
+    report["served_model"] = served
+    report["shadow_items_during_measurement"] = {
+        t: {k: after[t].get(k, 0) - before[t].get(k, 0) for k in after[t]} for t in after
+    }
+    report["results"] = {t: {c: [r.as_dict() for r in rs] for c, rs in v.items()}
+                         for t, v in results.items()}  # fmt: skip
+    print(f"\nmodel served by all three: {served}; {args.rounds} rounds of "
+          f"{args.duration_s:g} s per run; medians\n")  # fmt: skip
+    print(table(results))
+    print(f"\nshadow items during the measurement: {report['shadow_items_during_measurement']}")
 
 
 def _default_queue_target() -> int | None:

@@ -61,39 +61,41 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
         command.add_argument("--quiet", action="store_true", help="no progress bar")
-    replay_cmd = commands.choices["replay"]
-    replay_cmd.add_argument(
+    _replay_options(commands.choices["replay"])
+    _calibrate_options(commands.choices["calibrate"])
+    return parser
+
+
+def _replay_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
         "--method", nargs="+", choices=METHODS + POOL_METHODS, default=["modelpicker"]
     )
-    replay_cmd.add_argument(
-        "--gamma", nargs="+", type=_positive(float), help="modelpicker, entropy"
-    )
-    replay_cmd.add_argument(
+    command.add_argument("--gamma", nargs="+", type=_positive(float), help="modelpicker, entropy")
+    command.add_argument(
         "--budget",
         nargs="+",
         type=_positive(float),
         help="labels per stream: random, and the pool methods (one pass serves every budget)",
     )
-    replay_cmd.add_argument(
+    command.add_argument(
         "--eps", type=_positive(float), help="model-selector's eps (default 0.46, published)"
     )
-    replay_cmd.add_argument(
+    command.add_argument(
         "--runs", type=_positive(int), default=300, help="realisations (default 300)"
     )
-    replay_cmd.add_argument(
+    command.add_argument(
         "--plot", type=Path, help="draw identification probability vs labels to this PNG"
     )
-    calibrate_cmd = commands.choices["calibrate"]
-    calibrate_cmd.add_argument(
+
+
+def _calibrate_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
         "--budget", type=_positive(float), required=True, help="target mean labels"
     )
-    calibrate_cmd.add_argument(
+    command.add_argument(
         "--method", choices=("modelpicker", "entropy", *POOL_METHODS), default="modelpicker"
     )
-    calibrate_cmd.add_argument(
-        "--runs", type=_positive(int), default=100, help="realisations per trial"
-    )
-    return parser
+    command.add_argument("--runs", type=_positive(int), default=100, help="realisations per trial")
 
 
 def _settings(args: argparse.Namespace) -> list[tuple[Method, float]]:

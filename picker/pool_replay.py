@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from picker.data import Pool
+from picker.pooled import PoolSelector
 from picker.replay import ProgressCallback, ReplayResult, draw_streams, identification
 from picker.selectors import make_selector
 
@@ -44,20 +45,8 @@ def pool_replay(
     for run, items in enumerate(streams):
         selector = make_selector(method, pool.predictions[items], pool.n_classes, param)
         setting = selector.param
-        truth = pool.oracle[items]
         stream_errors[run] = errors[items].sum(axis=0)
-        labels = 0
-        for column, budget in enumerate(ordered):
-            while labels < budget:
-                item = selector.choose(rng)
-                if item is None:
-                    break
-                selector.add_label(item, int(truth[item]))
-                labels += 1
-                if on_step is not None:
-                    on_step(1)
-            returned[run, column] = selector.best(rng)
-            used[run, column] = labels
+        returned[run], used[run] = _label_run(selector, pool.oracle[items], ordered, rng, on_step)
     results = []
     for column, budget in enumerate(ordered):
         identified, gap = identification(returned[:, column], stream_errors, stream_size)
@@ -73,3 +62,28 @@ def pool_replay(
             )
         )
     return results
+
+
+def _label_run(
+    selector: PoolSelector,
+    truth: np.ndarray,
+    budgets: Sequence[int],
+    rng: np.random.Generator,
+    on_step: ProgressCallback | None,
+) -> tuple[list[int], list[int]]:
+    """One realisation: labels one at a time, as the selector asks, up to each budget in
+    turn (ascending); the model it returns and the labels it used, per budget."""
+    returned, used = [], []
+    labels = 0
+    for budget in budgets:
+        while labels < budget:
+            item = selector.choose(rng)
+            if item is None:
+                break
+            selector.add_label(item, int(truth[item]))
+            labels += 1
+            if on_step is not None:
+                on_step(1)
+        returned.append(selector.best(rng))
+        used.append(labels)
+    return returned, used

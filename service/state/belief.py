@@ -4,7 +4,7 @@ The store keeps what the belief is a function of, and nothing derived: the round
 (`pool:{round}`: every item that joined it, with its candidates' predictions in its item
 document), its labeled items (`labeled:{round}`, each label in its item document) and the
 round's counts in its tally (items admitted, labels applied). A replica reads only what is
-new since it last looked (the counts say when something is), builds `picker.PoolBased`
+new since it last looked (the counts say when something is), builds `picker.pool_based.PoolBased`
 over the whole pool and caches it per (round, candidates, items, labels). Every replica
 that has read the same items derives the same belief and the same posterior (P(best) is
 drawn with a seed made of those counts), so a replica killed or restarted loses nothing:

@@ -35,6 +35,7 @@ from service.state.rules import (
     SWAPS,
     SWAPS_COUNTER,
     Item,
+    Meta,
     Selection,
     change_record,
     item_key,
@@ -117,6 +118,23 @@ def _without(index: int, removed: int) -> int:
     return index - 1 if index > removed else index
 
 
+def _reindexed(
+    meta: Meta, removed: int
+) -> tuple[Mapping[str, Any] | None, tuple[int, tuple[int, ...]] | None]:
+    """The canary and the bar with candidate `removed` gone: one involving it ends, the
+    others' indices shift down."""
+    canary = meta.canary
+    if canary is not None and removed in (int(canary["to"]), int(canary["from"])):
+        canary = None
+    elif canary is not None:
+        canary = {**canary, "to": _without(int(canary["to"]), removed),
+                  "from": _without(int(canary["from"]), removed)}  # fmt: skip
+    barred = meta.barred
+    if barred is not None:
+        barred = (barred[0], tuple(_without(m, removed) for m in barred[1] if m != removed))
+    return canary, barred
+
+
 def remove_candidate(
     op: str, current: Selection, removed: int, pending: Mapping[str, Doc], now: float
 ) -> Txn:
@@ -128,15 +146,7 @@ def remove_candidate(
     losses = [x for i, x in enumerate(tally.picker.losses) if i != removed]
     picker = _picker_with(tally.picker, losses)
     models = tuple(m for i, m in enumerate(meta.models) if i != removed)
-    canary = meta.canary
-    if canary is not None and removed in (int(canary["to"]), int(canary["from"])):
-        canary = None
-    elif canary is not None:
-        canary = {**canary, "to": _without(int(canary["to"]), removed),
-                  "from": _without(int(canary["from"]), removed)}  # fmt: skip
-    barred = meta.barred
-    if barred is not None:
-        barred = (barred[0], tuple(_without(m, removed) for m in barred[1] if m != removed))
+    canary, barred = _reindexed(meta, removed)
     name = meta.models[removed]
     records = [change_record("candidate_removed", name, name, picker, now)]
     served, version = _without(meta.served, removed), meta.version

@@ -59,7 +59,7 @@ class Meta:
     round: int = 0
     config_budget: int | None = None  # the deployment config's label_budget last applied
     swapped_at: tuple[int, int] | None = None  # (round, labels in it) at the last swap
-    canary: Mapping[str, Any] | None = None  # a canary swap under way (service.replica.canary)
+    canary: Mapping[str, Any] | None = None  # a canary swap under way (rules.swaps)
     barred: tuple[int, tuple[int, ...]] | None = None  # (round, models rolled back in it)
     # Candidates changed at run time, so that the pool file can follow the store: the pool
     # file entries of those added (by name), the names of those removed (the newest).

@@ -25,6 +25,7 @@ from service.state.rules.documents import (
     QUERIES_COUNTER,
     Item,
     Selection,
+    Tally,
     item_key,
     pool_key,
     queue_key,
@@ -82,17 +83,7 @@ def observe_batch(
     picker = current.picker
     if batch.models is not None and tuple(batch.models) != current.meta.models:
         return None, Observed(0, stale=True)  # the pool changed meanwhile: not observed
-    fresh = np.array([i not in existing for i in batch.item_ids], dtype=bool)
-    if current.pooled:
-        q = np.ones(len(batch.item_ids))
-        room = max(0, pool_max_items - picker.queries)
-        chosen = np.flatnonzero(fresh & disagreeing(batch.predictions))[:room]
-    else:
-        decisions = decide_queries(
-            picker.loss_array, picker.step + 1, batch.predictions, gamma, None, rng
-        )
-        q = decisions.q
-        chosen = np.flatnonzero(cap_queries(decisions.query & fresh, picker.queries_left))
+    q, chosen = _choose(current, existing, batch, gamma, rng, pool_max_items)
     advanced = record_queries(observe(picker, len(batch.item_ids)), len(chosen))
     items = [
         Item(batch.item_ids[int(i)], picker.round, float(q[i]),
@@ -104,12 +95,7 @@ def observe_batch(
     tally = replace(current.tally, picker=advanced)
     evidence = None
     if drift_config is not None:
-        monitor = current.tally.monitor or Monitor.start(current.served, drift_config.n_classes)
-        monitor, evidence = drift.observe(monitor, batch.predictions, drift_config, picker.step)
-        tally = replace(tally, monitor=monitor)
-        if evidence is not None:
-            evidence = {**evidence, "round": picker.round,
-                        "watched_model": current.meta.models[monitor.model]}  # fmt: skip
+        tally, evidence = _watch_drift(current, tally, batch, drift_config)
     put = {tally_key(picker.round): Put(tally.to_dict())}
     put.update({item_key(i.item_id): Put(i.to_dict(), i.expire_at) for i in items})
     expect = {tally_key(picker.round): current.tally_version}
@@ -124,3 +110,38 @@ def observe_batch(
     txn = Txn(op, expect=expect, put=put, push=push, add={COUNTERS: counts} if counts else {},
               result=observed.to_dict())  # fmt: skip
     return txn, observed
+
+
+def _choose(
+    current: Selection,
+    existing: set[str],
+    batch: Batch,
+    gamma: float,
+    rng: np.random.Generator,
+    pool_max_items: int,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.intp]]:
+    """Each item's q and the rows to queue: the picker's coins within the round's budget,
+    or, in a pool-based round, every fresh item the candidates disagree on (q = 1)."""
+    picker = current.picker
+    fresh = np.array([i not in existing for i in batch.item_ids], dtype=bool)
+    if current.pooled:
+        room = max(0, pool_max_items - picker.queries)
+        chosen = np.flatnonzero(fresh & disagreeing(batch.predictions))[:room]
+        return np.ones(len(batch.item_ids)), chosen
+    decisions = decide_queries(
+        picker.loss_array, picker.step + 1, batch.predictions, gamma, None, rng
+    )
+    return decisions.q, np.flatnonzero(cap_queries(decisions.query & fresh, picker.queries_left))
+
+
+def _watch_drift(
+    current: Selection, tally: Tally, batch: Batch, config: DriftConfig
+) -> tuple[Tally, dict[str, Any] | None]:
+    """The round's drift monitor counts the batch; evidence when it found a change."""
+    picker = current.picker
+    monitor = current.tally.monitor or Monitor.start(current.served, config.n_classes)
+    monitor, evidence = drift.observe(monitor, batch.predictions, config, picker.step)
+    if evidence is not None:
+        evidence = {**evidence, "round": picker.round,
+                    "watched_model": current.meta.models[monitor.model]}  # fmt: skip
+    return replace(tally, monitor=monitor), evidence

@@ -122,6 +122,12 @@ class SQLiteBackend:
         return Committed("applied", txn.result)
 
     def _apply(self, db: sqlite3.Connection, txn: Txn, now: float) -> None:
+        self._apply_docs(db, txn, now)
+        self._apply_counters_and_queues(db, txn)
+        self._apply_logs(db, txn)
+
+    @staticmethod
+    def _apply_docs(db: sqlite3.Connection, txn: Txn, now: float) -> None:
         for key, put in txn.put.items():
             if put.value is None:
                 db.execute("DELETE FROM docs WHERE key = ?", (key,))
@@ -133,6 +139,9 @@ class SQLiteBackend:
                 "AND docs.expire_at <= ? THEN 1 ELSE docs.version + 1 END",
                 (key, json.dumps(put.value), put.expire_at, now),
             )
+
+    @staticmethod
+    def _apply_counters_and_queues(db: sqlite3.Connection, txn: Txn) -> None:
         db.executemany(
             "INSERT INTO counters (key, name, value) VALUES (?, ?, ?) "
             "ON CONFLICT (key, name) DO UPDATE SET value = value + excluded.value",
@@ -154,6 +163,8 @@ class SQLiteBackend:
             "DELETE FROM queue WHERE name = ? AND member = ?",
             [(queue, m) for queue, members in txn.pull.items() for m in members],
         )
+
+    def _apply_logs(self, db: sqlite3.Connection, txn: Txn) -> None:
         for name in txn.drop:
             db.execute("DELETE FROM queue WHERE name = ?", (name,))
             db.execute("DELETE FROM logs WHERE key = ?", (name,))
