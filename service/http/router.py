@@ -82,7 +82,7 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
         await self.runtime.run_store(self.state.initialise, self.names, initial, None,
                                      time.time(), settings.knobs.selector)  # fmt: skip
         await self.runtime.refresh()
-        self.rng = np.random.default_rng()
+        self.rng = np.random.default_rng(settings.knobs.seed)  # reconfigure() may reseed it
         self._last_metrics: tuple[dict[str, float], int] = ({}, 0)
         self.runtime.start()
 
