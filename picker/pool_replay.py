@@ -58,6 +58,7 @@ def pool_replay(
                 identified=identified,
                 gap=gap,
                 runs=runs,
+                evaluations=float(stream_size * pool.n_models),  # the whole pool, once
                 budget=budget,
             )
         )

@@ -36,13 +36,15 @@ _ERROR_CHUNK = 256
 
 @dataclass(frozen=True)
 class ReplayOutcome:
-    """Per realisation: the returned model, labels asked, final L, errors on the stream."""
+    """Per realisation: the returned model, labels asked, final L, errors on the stream,
+    and the model evaluations it needed (every model on every item of its stream)."""
 
     returned: IntArray
     labels: IntArray
     losses: FloatArray
     stream_errors: IntArray
     stream_size: int
+    evaluations: IntArray
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,9 @@ class ReplayResult:
     identified: float
     gap: float
     runs: int
+    evaluations: float  # model evaluations per realisation (one model on one item: 1)
     budget: int | None = None
+    active_models: int | None = None  # the large-pool mode's active set (None: every model)
 
     def to_dict(self) -> dict[str, float | int | str | None]:
         result: dict[str, float | int | str | None] = {
@@ -63,10 +67,20 @@ class ReplayResult:
             "identified": round(self.identified, 4),
             "gap": round(self.gap, 4),
             "runs": self.runs,
+            "evaluations": round(self.evaluations, 1),
         }
         if self.budget is not None:
             result["budget"] = self.budget
+        if self.active_models is not None:
+            result["active_models"] = self.active_models
         return result
+
+    @property
+    def label(self) -> str:
+        """The method as a plot's legend names it."""
+        if self.active_models is None:
+            return self.method
+        return f"{self.method}, {self.active_models} active"
 
 
 def draw_streams(n_items: int, stream_size: int, runs: int, rng: np.random.Generator) -> IntArray:
@@ -153,6 +167,7 @@ def run_replay(
         losses=losses,
         stream_errors=count_stream_errors(errors, streams),
         stream_size=stream_size,
+        evaluations=np.full(runs, stream_size * pool.n_models, dtype=np.int64),
     )
 
 
@@ -167,7 +182,9 @@ def identification(
     return float(np.mean(chosen == fewest)), gap
 
 
-def summarise(outcome: ReplayOutcome, method: str, param: float) -> ReplayResult:
+def summarise(
+    outcome: ReplayOutcome, method: str, param: float, active_models: int | None = None
+) -> ReplayResult:
     """Identification probability, accuracy gap (points) and mean labels over realisations."""
     identified, gap = identification(outcome.returned, outcome.stream_errors, outcome.stream_size)
     return ReplayResult(
@@ -177,6 +194,8 @@ def summarise(outcome: ReplayOutcome, method: str, param: float) -> ReplayResult
         identified=identified,
         gap=gap,
         runs=outcome.returned.shape[0],
+        evaluations=float(outcome.evaluations.mean()),
+        active_models=active_models,
     )
 
 
