@@ -1,0 +1,126 @@
+"""Large pools: labels and model evaluations ModelPicker needs for identification 0.9,
+with every model evaluated on every item and in the large-pool mode (`--active-models`).
+
+    python benchmarks/large_pool.py build    # the 1,000-candidate pool's prediction matrix
+    python benchmarks/large_pool.py run --set glue-rte --runs 40
+    python benchmarks/large_pool.py run --set large-pool --stream-size 5000 --runs 10
+
+`build` fits the 1,000 candidates of `service.models.large_pool` and writes the stream's
+predictions and labels into tests/data/large-pool/. `run` replays ModelPicker over a grid
+of gamma for each mode and prints, per mode, the curve and the labels and evaluations at
+identification 0.9 (interpolated at the first crossing), with their ratios to the full pool
+measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from picker import load_pool
+from picker.data import Pool
+from picker.large_pool import run_active_replay
+from picker.replay import run_replay, summarise
+
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+SETS = {"glue-rte": DATA / "benchmarks" / "glue-rte", "large-pool": DATA / "large-pool"}
+
+
+def build() -> None:
+    from service.models.large_pool import N_CANDIDATES, predictions
+
+    started = time.perf_counter()
+    matrix, labels = predictions(range(N_CANDIDATES))
+    folder = SETS["large-pool"]
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "predictions.npy", matrix)
+    np.save(folder / "oracle.npy", labels)
+    accuracy = (matrix == labels[:, None]).mean(axis=0)
+    print(json.dumps({"items": matrix.shape[0], "models": matrix.shape[1],
+                      "best": round(float(accuracy.max()), 4),
+                      "median": round(float(np.median(accuracy)), 4),
+                      "worst": round(float(accuracy.min()), 4),
+                      "seconds": round(time.perf_counter() - started, 1)}))  # fmt: skip
+
+
+def at_target(points: list[tuple[float, float, float]], target: float = 0.9) -> dict[str, Any]:
+    """Labels and evaluations at the first crossing of `target` (linear interpolation),
+    from (labels, evaluations, identified) points in the order of gamma."""
+    previous = (0.0, 0.0, 0.0)
+    for labels, evaluations, identified in points:
+        if identified >= target:
+            span = identified - previous[2]
+            share = 1.0 if span <= 0 else (target - previous[2]) / span
+            return {
+                "labels": previous[0] + share * (labels - previous[0]),
+                "evaluations": previous[1] + share * (evaluations - previous[1]),
+            }
+        previous = (labels, evaluations, identified)
+    return {"labels": None, "evaluations": None}
+
+
+def curve(
+    pool: Pool, active: int | None, gammas: list[float], stream_size: int, runs: int
+) -> list[dict[str, Any]]:
+    rows = []
+    for index, gamma in enumerate(gammas):
+        rng = np.random.default_rng([7, index])
+        if active is None:
+            outcome = run_replay(pool, "modelpicker", gamma, stream_size, runs, rng)
+        else:
+            outcome = run_active_replay(pool, gamma, active, stream_size, runs, rng)
+        rows.append(summarise(outcome, "modelpicker", gamma, active).to_dict())
+    return rows
+
+
+def run(args: argparse.Namespace) -> None:
+    folder = SETS[args.set]
+    pool = load_pool(folder / "predictions.npy", folder / "oracle.npy")
+    stream_size = args.stream_size or pool.n_items
+    report: dict[str, Any] = {"set": args.set, "models": pool.n_models,
+                              "stream_size": stream_size, "runs": args.runs}  # fmt: skip
+    full = None
+    for active in [None, *args.active_models]:
+        started = time.perf_counter()
+        rows = curve(pool, active, args.gamma, stream_size, args.runs)
+        target = at_target([(r["labels"], r["evaluations"], r["identified"]) for r in rows])
+        mode = "all" if active is None else str(active)
+        entry = {"curve": rows, "at_0.9": target,
+                 "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+        if active is None:
+            full = target
+        elif full is not None and full["labels"] and target["labels"]:
+            entry["labels_ratio"] = round(target["labels"] / full["labels"], 3)
+            entry["evaluations_ratio"] = round(target["evaluations"] / full["evaluations"], 3)
+        report[mode] = entry
+        print(json.dumps({"mode": mode, **{k: v for k, v in entry.items() if k != "curve"}}),
+              flush=True)  # fmt: skip
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("build", help="fit the 1,000 candidates and record their predictions")
+    runner = commands.add_parser("run", help="labels and evaluations to identification 0.9")
+    runner.add_argument("--set", choices=sorted(SETS), default="glue-rte")
+    runner.add_argument("--stream-size", type=int)
+    runner.add_argument("--runs", type=int, default=40)
+    runner.add_argument("--gamma", type=float, nargs="+", default=[0.5, 1, 1.5, 2, 3, 4, 6, 8])
+    runner.add_argument("--active-models", type=int, nargs="+", default=[20])
+    runner.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.command == "build":
+        build()
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
