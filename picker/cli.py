@@ -19,8 +19,9 @@ import numpy as np
 
 from picker.calibrate import calibrate_gamma, calibrate_pool
 from picker.data import PickerInputError, Pool, load_matrix, load_pool, make_pool
+from picker.large_pool import run_active_replay
 from picker.pool_replay import pool_replay
-from picker.replay import METHODS, Method, ProgressCallback, ReplayResult, replay
+from picker.replay import METHODS, Method, ProgressCallback, ReplayResult, replay, summarise
 from picker.selectors import POOL_METHODS
 
 
@@ -35,6 +36,18 @@ def _positive(kind: type[int] | type[float]) -> Any:
         return value
 
     return parse
+
+
+def _active_models(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'all'") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"the active set needs at least 2 models, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +92,14 @@ def _replay_options(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument(
         "--eps", type=_positive(float), help="model-selector's eps (default 0.46, published)"
+    )
+    command.add_argument(
+        "--active-models",
+        type=_active_models,
+        default=None,
+        metavar="K|all",
+        help="modelpicker's large-pool mode: K models evaluated on every item, the whole "
+        "pool on labeled items (all: every model on every item, the default)",
     )
     command.add_argument(
         "--runs", type=_positive(int), default=300, help="realisations (default 300)"
@@ -142,9 +163,8 @@ def _whole_labels(budgets: Sequence[float]) -> list[int]:
     return [int(b) for b in budgets]
 
 
-def run_replay_command(args: argparse.Namespace) -> list[ReplayResult]:
-    pool = load_pool(args.predictions, args.oracle)
-    stream_size, settings = _stream_size(args, pool), _settings(args)
+def _replay_budgets(args: argparse.Namespace, pool: Pool) -> list[int]:
+    """The pool methods' budgets, once every replay option was checked against the rest."""
     pooled = [m for m in args.method if m in POOL_METHODS]
     budgets = _whole_labels(args.budget or []) if pooled else []
     if pooled and not budgets:
@@ -153,12 +173,34 @@ def run_replay_command(args: argparse.Namespace) -> list[ReplayResult]:
         raise PickerInputError("--eps is model-selector's setting; add --method model-selector")
     if args.eps is not None and not args.eps < 0.5:
         raise PickerInputError(f"--eps must be in (0, 0.5), got {args.eps:g}")
+    active = args.active_models
+    if active is not None and "modelpicker" not in args.method:
+        raise PickerInputError("--active-models is modelpicker's; add --method modelpicker")
+    if active is not None and active > pool.n_models:
+        raise PickerInputError(
+            f"--active-models {active} exceeds the pool's {pool.n_models} models"
+        )
+    return budgets
+
+
+def run_replay_command(args: argparse.Namespace) -> list[ReplayResult]:
+    pool = load_pool(args.predictions, args.oracle)
+    stream_size, settings = _stream_size(args, pool), _settings(args)
+    budgets = _replay_budgets(args, pool)
+    pooled = [m for m in args.method if m in POOL_METHODS]
+    active = args.active_models
     total = stream_size * len(settings) + max(budgets, default=0) * args.runs * len(pooled)
     results = []
     with _progress(total, args.quiet) as on_step:
         for index, (method, param) in enumerate(settings):
             rng = np.random.default_rng([args.seed, index])
-            result = replay(pool, method, param, stream_size, args.runs, rng, on_step)
+            if method == "modelpicker" and active is not None:
+                outcome = run_active_replay(
+                    pool, param, active, stream_size, args.runs, rng, on_step
+                )
+                result = summarise(outcome, method, param, active)
+            else:
+                result = replay(pool, method, param, stream_size, args.runs, rng, on_step)
             print(json.dumps(result.to_dict()), flush=True)
             results.append(result)
         for index, name in enumerate(pooled, start=len(settings)):
@@ -182,9 +224,9 @@ def plot_results(results: Sequence[ReplayResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6, 4))
-    for method in dict.fromkeys(r.method for r in results):
-        points = sorted((r.labels, r.identified) for r in results if r.method == method)
-        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+    for label in dict.fromkeys(r.label for r in results):
+        points = sorted((r.labels, r.identified) for r in results if r.label == label)
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     axes.set_xlabel("mean labels per stream")
     axes.set_ylabel("identification probability")
     axes.set_ylim(0, 1.02)

@@ -48,8 +48,10 @@ def test_replay_prints_one_json_line_per_setting_and_plots(tmp_path: Path) -> No
         ("modelpicker", 4.0),
         ("random", 50.0),
     ]
+    items, models = np.load(DATA / "predictions.npy").shape
     for row in rows:
         assert {"labels", "identified", "gap", "runs"} <= row.keys() and row["runs"] == 20
+        assert row["evaluations"] == items * models  # the whole stream, every model
     assert rows[0]["labels"] < rows[1]["labels"]
     assert plot.stat().st_size > 1000
 
@@ -132,6 +134,8 @@ def test_replay_runs_the_pool_methods_at_every_budget(tmp_path: Path) -> None:
     ]
     assert rows[1]["param"] == 0.4 and rows[3]["param"] == 0.9 and rows[5]["param"] is None
     assert all(r["labels"] == r["budget"] for r in rows[1:])
+    items, models = np.load(DATA / "predictions.npy").shape
+    assert all(r["evaluations"] == items * models for r in rows)  # every model on every item
     assert plot.stat().st_size > 1000
 
 
@@ -168,3 +172,38 @@ def test_bad_pool_flags_give_a_clear_error(
 def test_calibrate_modelpicker_still_needs_the_oracle(pool_files: tuple[Path, Path]) -> None:
     done = run_picker("calibrate", pool_files[0], "--budget", "10")
     assert done.returncode == 2 and "needs the oracle file" in done.stderr
+
+
+def test_replay_active_models_counts_fewer_evaluations() -> None:
+    done = run_picker(
+        "replay", DATA / "predictions.npy", DATA / "oracle.npy", "--gamma", "2",
+        "--runs", "10", "--quiet", "--active-models", "10",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout)
+    items, models = np.load(DATA / "predictions.npy").shape
+    assert row["active_models"] == 10
+    # 10 models on every item, the other 77 on the labeled ones only
+    assert row["evaluations"] == pytest.approx(items * 10 + row["labels"] * (models - 10))
+    everything = run_picker(
+        "replay", DATA / "predictions.npy", DATA / "oracle.npy", "--gamma", "2",
+        "--runs", "10", "--quiet", "--active-models", "all",
+    )  # fmt: skip
+    assert "active_models" not in json.loads(everything.stdout)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--active-models", "1"], "at least 2 models"),
+        (["--active-models", "five"], "neither a number nor 'all'"),
+        (["--active-models", "88"], "exceeds the pool's 87 models"),
+        (["--method", "random", "--budget", "20", "--active-models", "5"], "modelpicker's"),
+    ],
+)
+def test_replay_active_models_refuses_what_it_cannot_do(extra: list[str], message: str) -> None:
+    done = run_picker(
+        "replay", DATA / "predictions.npy", DATA / "oracle.npy", "--gamma", "2", *extra,
+        "--runs", "2", "--quiet",
+    )  # fmt: skip
+    assert done.returncode == 2 and message in done.stderr, done.stderr
