@@ -35,11 +35,16 @@ from picker.modelpicker import (
     IntArray,
     best_model,
     compact_classes,
-    importance_weighted,
     learning_rate,
     posterior,
 )
-from picker.replay import ProgressCallback, ReplayOutcome, count_stream_errors, draw_streams
+from picker.replay import (
+    ProgressCallback,
+    ReplayOutcome,
+    count_stream_errors,
+    draw_streams,
+    walk_streams,
+)
 
 
 def active_set(losses: FloatArray, size: int, order: FloatArray) -> IntArray:
@@ -120,25 +125,18 @@ def run_active_replay(
     streams = draw_streams(pool.n_items, stream_size, runs, rng)
     errors = pool.errors()
     order = rng.random((runs, k))
-    losses = np.zeros((runs, k))
-    labels = np.zeros(runs, dtype=np.int64)
     rows = np.arange(runs)[:, None]
-    for position in range(stream_size):
-        items = streams[:, position]
+
+    def q_of(position: int, items: IntArray, losses: FloatArray) -> FloatArray:
         active = active_set(losses, active_models, order)
         eta = learning_rate(position + 1, k)
         weights = posterior(losses, eta)[rows, active]
         outside = np.maximum(0.0, 1.0 - weights.sum(axis=1))
-        q = active_query_probability(
+        return active_query_probability(
             pool.predictions[items[:, None], active], weights, outside, gamma, eta
         )
-        asked = rng.random(runs) < q
-        if asked.any():
-            mistakes = errors[items[asked]].astype(np.float64)
-            losses[asked] += importance_weighted(mistakes, q[asked])
-            labels += asked
-        if on_step is not None:
-            on_step(1)
+
+    losses, labels = walk_streams(streams, errors, q_of, True, rng, on_step)
     return ReplayOutcome(
         returned=best_model(losses, rng),
         labels=labels,

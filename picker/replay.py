@@ -130,6 +130,37 @@ def _query_rule(
     return random_q
 
 
+QueryProbabilities = Callable[[int, IntArray, FloatArray], FloatArray]
+
+
+def walk_streams(
+    streams: IntArray,
+    errors: BoolArray,
+    q_of: QueryProbabilities,
+    weighs_by_q: bool,
+    rng: np.random.Generator,
+    on_step: ProgressCallback | None,
+) -> tuple[FloatArray, IntArray]:
+    """Walk every realisation's stream in lock-step: at each position, `q_of(position,
+    items, losses)` gives each realisation's q, a coin per realisation asks for the label,
+    and a label adds [wrong] / q to every model's loss (or [wrong], without `weighs_by_q`).
+    Returns the losses and the labels asked, per realisation."""
+    runs, stream_size = streams.shape
+    losses = np.zeros((runs, errors.shape[1]))
+    labels = np.zeros(runs, dtype=np.int64)
+    for position in range(stream_size):
+        items = streams[:, position]
+        q = q_of(position, items, losses)
+        asked = rng.random(runs) < q
+        if asked.any():
+            mistakes = errors[items[asked]].astype(np.float64)
+            losses[asked] += importance_weighted(mistakes, q[asked]) if weighs_by_q else mistakes
+            labels += asked
+        if on_step is not None:
+            on_step(1)
+    return losses, labels
+
+
 def run_replay(
     pool: Pool,
     method: Method,
@@ -148,19 +179,14 @@ def run_replay(
     compact, errors = pool.compact(), pool.errors()
     query_rule = _query_rule(method, param, pool, streams)
     # ModelPicker weighs each label by 1/q (unbiased loss); the baselines count errors.
-    weighs_by_q = method == "modelpicker"
-    losses = np.zeros((runs, pool.n_models))
-    labels = np.zeros(runs, dtype=np.int64)
-    for position in range(stream_size):
-        items = streams[:, position]
-        q = query_rule(position + 1, compact[items], losses)
-        asked = rng.random(runs) < q
-        if asked.any():
-            mistakes = errors[items[asked]].astype(np.float64)
-            losses[asked] += importance_weighted(mistakes, q[asked]) if weighs_by_q else mistakes
-            labels += asked
-        if on_step is not None:
-            on_step(1)
+    losses, labels = walk_streams(
+        streams,
+        errors,
+        lambda position, items, losses: query_rule(position + 1, compact[items], losses),
+        method == "modelpicker",
+        rng,
+        on_step,
+    )
     return ReplayOutcome(
         returned=best_model(losses, rng),
         labels=labels,
