@@ -1,5 +1,5 @@
 """The large pool: 1,000 scikit-learn candidates of eight families, each trained on its own
-slice of one generated data set, for the large-pool mode's replays and service tests.
+slice of one generated data set, for the large-pool mode's replays.
 
 A team's model repository holds models "developed under different hypotheses": other
 families, other features, other training rows, some trained on noisy labels. Each
@@ -13,23 +13,18 @@ candidate can be rebuilt alone and compared with the recorded matrix:
   features (4 to 16), of the training rows (150 to 4,000), and a share of flipped labels
   (none for most; up to 40 %).
 
-The stream's prediction matrix (5,000 × 1,000) and its labels are what replays need; the
-fitted models (`build_models`) are what the service serves, built on first use and
-cached under a folder like the demo pool.
+The stream's prediction matrix (5,000 × 1,000) and its labels are what replays need
+(`predictions`). Serving the fitted models is for the service's large-pool mode, which is
+not built yet.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.models.pool_file import CandidateSpec, PoolSpec, write_pool_file
-
-LARGE_POOL_VERSION = 1
 SEED = 20261204
 N_CANDIDATES = 1000
 N_TRAIN = 4000
@@ -138,25 +133,3 @@ def predictions(indices: range | list[int]) -> tuple[np.ndarray, np.ndarray]:
     train_x, train_y, stream_x, stream_y = dataset()
     columns = [fit(recipe(i), train_x, train_y).predict(stream_x) for i in indices]
     return np.stack(columns, axis=1).astype(np.int8), stream_y.astype(np.int8)
-
-
-def build_models(folder: Path) -> Path:
-    """Fit every candidate into `folder`/models and write `folder`/pool.yaml (once: a
-    current build is reused); the pool file's path."""
-    import joblib
-
-    stamp = folder / "build.json"
-    pool_file = folder / "pool.yaml"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("version") == LARGE_POOL_VERSION:
-        return pool_file
-    (folder / "models").mkdir(parents=True, exist_ok=True)
-    train_x, train_y, _, _ = dataset()
-    specs = []
-    for index in range(N_CANDIDATES):
-        made = recipe(index)
-        joblib.dump(fit(made, train_x, train_y), folder / "models" / f"{made.name}.joblib")
-        specs.append(CandidateSpec(name=made.name, sklearn=f"models/{made.name}.joblib"))
-    spec = PoolSpec(n_features=N_FEATURES, classes=N_CLASSES, candidates=specs)
-    write_pool_file(pool_file, spec)
-    stamp.write_text(json.dumps({"version": LARGE_POOL_VERSION}))
-    return pool_file
