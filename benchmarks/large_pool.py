@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from label_frontier import crossing  # this folder's: scripts run as benchmarks/x.py
 
 from picker import load_pool
 from picker.data import Pool
-from picker.large_pool import run_active_replay
-from picker.replay import run_replay, summarise
+from picker.large_pool import run_modelpicker
+from picker.replay import summarise
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 SETS = {"glue-rte": DATA / "benchmarks" / "glue-rte", "large-pool": DATA / "large-pool"}
@@ -48,20 +49,13 @@ def build() -> None:
                       "seconds": round(time.perf_counter() - started, 1)}))  # fmt: skip
 
 
-def at_target(points: list[tuple[float, float, float]], target: float = 0.9) -> dict[str, Any]:
-    """Labels and evaluations at the first crossing of `target` (linear interpolation),
-    from (labels, evaluations, identified) points in the order of gamma."""
-    previous = (0.0, 0.0, 0.0)
-    for labels, evaluations, identified in points:
-        if identified >= target:
-            span = identified - previous[2]
-            share = 1.0 if span <= 0 else (target - previous[2]) / span
-            return {
-                "labels": previous[0] + share * (labels - previous[0]),
-                "evaluations": previous[1] + share * (evaluations - previous[1]),
-            }
-        previous = (labels, evaluations, identified)
-    return {"labels": None, "evaluations": None}
+def at_target(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Labels and evaluations at identification 0.9, each interpolated at the first
+    crossing as the label frontier does (both grow with gamma)."""
+    return {
+        "labels": crossing([(r["labels"], r["identified"]) for r in rows]),
+        "evaluations": crossing([(r["evaluations"], r["identified"]) for r in rows]),
+    }
 
 
 def curve(
@@ -70,10 +64,7 @@ def curve(
     rows = []
     for index, gamma in enumerate(gammas):
         rng = np.random.default_rng([7, index])
-        if active is None:
-            outcome = run_replay(pool, "modelpicker", gamma, stream_size, runs, rng)
-        else:
-            outcome = run_active_replay(pool, gamma, active, stream_size, runs, rng)
+        outcome = run_modelpicker(pool, gamma, active, stream_size, runs, rng)
         rows.append(summarise(outcome, "modelpicker", gamma, active).to_dict())
     return rows
 
@@ -88,7 +79,7 @@ def run(args: argparse.Namespace) -> None:
     for active in [None, *args.active_models]:
         started = time.perf_counter()
         rows = curve(pool, active, args.gamma, stream_size, args.runs)
-        target = at_target([(r["labels"], r["evaluations"], r["identified"]) for r in rows])
+        target = at_target(rows)
         mode = "all" if active is None else str(active)
         entry = {"curve": rows, "at_0.9": target,
                  "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip

@@ -19,7 +19,7 @@ import numpy as np
 
 from picker.calibrate import calibrate_gamma, calibrate_pool
 from picker.data import PickerInputError, Pool, load_matrix, load_pool, make_pool
-from picker.large_pool import run_active_replay
+from picker.large_pool import run_modelpicker
 from picker.pool_replay import pool_replay
 from picker.replay import METHODS, Method, ProgressCallback, ReplayResult, replay, summarise
 from picker.selectors import POOL_METHODS
@@ -163,9 +163,8 @@ def _whole_labels(budgets: Sequence[float]) -> list[int]:
     return [int(b) for b in budgets]
 
 
-def _replay_budgets(args: argparse.Namespace, pool: Pool) -> list[int]:
+def _replay_budgets(args: argparse.Namespace, pool: Pool, pooled: list[str]) -> list[int]:
     """The pool methods' budgets, once every replay option was checked against the rest."""
-    pooled = [m for m in args.method if m in POOL_METHODS]
     budgets = _whole_labels(args.budget or []) if pooled else []
     if pooled and not budgets:
         raise PickerInputError(f"--method {pooled[0]} needs --budget (labels per stream)")
@@ -186,18 +185,16 @@ def _replay_budgets(args: argparse.Namespace, pool: Pool) -> list[int]:
 def run_replay_command(args: argparse.Namespace) -> list[ReplayResult]:
     pool = load_pool(args.predictions, args.oracle)
     stream_size, settings = _stream_size(args, pool), _settings(args)
-    budgets = _replay_budgets(args, pool)
     pooled = [m for m in args.method if m in POOL_METHODS]
+    budgets = _replay_budgets(args, pool, pooled)
     active = args.active_models
     total = stream_size * len(settings) + max(budgets, default=0) * args.runs * len(pooled)
     results = []
     with _progress(total, args.quiet) as on_step:
         for index, (method, param) in enumerate(settings):
             rng = np.random.default_rng([args.seed, index])
-            if method == "modelpicker" and active is not None:
-                outcome = run_active_replay(
-                    pool, param, active, stream_size, args.runs, rng, on_step
-                )
+            if method == "modelpicker":
+                outcome = run_modelpicker(pool, param, active, stream_size, args.runs, rng, on_step)
                 result = summarise(outcome, method, param, active)
             else:
                 result = replay(pool, method, param, stream_size, args.runs, rng, on_step)

@@ -33,7 +33,6 @@ from picker.data import Pool
 from picker.modelpicker import (
     FloatArray,
     IntArray,
-    best_model,
     compact_classes,
     learning_rate,
     posterior,
@@ -41,8 +40,8 @@ from picker.modelpicker import (
 from picker.replay import (
     ProgressCallback,
     ReplayOutcome,
-    count_stream_errors,
     draw_streams,
+    run_replay,
     walk_streams,
 )
 
@@ -136,12 +135,23 @@ def run_active_replay(
             pool.predictions[items[:, None], active], weights, outside, gamma, eta
         )
 
-    losses, labels = walk_streams(streams, errors, q_of, True, rng, on_step)
-    return ReplayOutcome(
-        returned=best_model(losses, rng),
-        labels=labels,
-        losses=losses,
-        stream_errors=count_stream_errors(errors, streams),
-        stream_size=stream_size,
-        evaluations=stream_size * active_models + labels * (k - active_models),
-    )
+    def evaluations(labels: IntArray) -> IntArray:
+        return stream_size * active_models + labels * (k - active_models)
+
+    return walk_streams(streams, errors, q_of, True, evaluations, rng, on_step)
+
+
+def run_modelpicker(
+    pool: Pool,
+    gamma: float,
+    active_models: int | None,
+    stream_size: int,
+    runs: int,
+    rng: np.random.Generator,
+    on_step: ProgressCallback | None = None,
+) -> ReplayOutcome:
+    """ModelPicker's replay with every model on every item (`active_models` None) or in
+    the large-pool mode with that many active models."""
+    if active_models is None:
+        return run_replay(pool, "modelpicker", gamma, stream_size, runs, rng, on_step)
+    return run_active_replay(pool, gamma, active_models, stream_size, runs, rng, on_step)

@@ -138,13 +138,15 @@ def walk_streams(
     errors: BoolArray,
     q_of: QueryProbabilities,
     weighs_by_q: bool,
+    evaluations: Callable[[IntArray], IntArray],
     rng: np.random.Generator,
     on_step: ProgressCallback | None,
-) -> tuple[FloatArray, IntArray]:
+) -> ReplayOutcome:
     """Walk every realisation's stream in lock-step: at each position, `q_of(position,
     items, losses)` gives each realisation's q, a coin per realisation asks for the label,
     and a label adds [wrong] / q to every model's loss (or [wrong], without `weighs_by_q`).
-    Returns the losses and the labels asked, per realisation."""
+    `evaluations(labels)` counts the model evaluations of each realisation from its
+    labels. The outcome returns each realisation's best model, ties broken with `rng`."""
     runs, stream_size = streams.shape
     losses = np.zeros((runs, errors.shape[1]))
     labels = np.zeros(runs, dtype=np.int64)
@@ -158,7 +160,14 @@ def walk_streams(
             labels += asked
         if on_step is not None:
             on_step(1)
-    return losses, labels
+    return ReplayOutcome(
+        returned=best_model(losses, rng),
+        labels=labels,
+        losses=losses,
+        stream_errors=count_stream_errors(errors, streams),
+        stream_size=stream_size,
+        evaluations=evaluations(labels),
+    )
 
 
 def run_replay(
@@ -179,21 +188,14 @@ def run_replay(
     compact, errors = pool.compact(), pool.errors()
     query_rule = _query_rule(method, param, pool, streams)
     # ModelPicker weighs each label by 1/q (unbiased loss); the baselines count errors.
-    losses, labels = walk_streams(
+    return walk_streams(
         streams,
         errors,
         lambda position, items, losses: query_rule(position + 1, compact[items], losses),
         method == "modelpicker",
+        lambda labels: np.full(runs, stream_size * pool.n_models, dtype=np.int64),
         rng,
         on_step,
-    )
-    return ReplayOutcome(
-        returned=best_model(losses, rng),
-        labels=labels,
-        losses=losses,
-        stream_errors=count_stream_errors(errors, streams),
-        stream_size=stream_size,
-        evaluations=np.full(runs, stream_size * pool.n_models, dtype=np.int64),
     )
 
 
