@@ -20,9 +20,11 @@ AFTER_ITEMS = 6000  # bound on the items sent after the change
 
 
 def two_phase(client: httpx.Client, demo: DemoData) -> dict[str, Any]:
-    """Today's stream until its best is served with posterior 0.9, then the moved stream
-    until its best is served (or AFTER_ITEMS): the counts after the change."""
-    before = drive(client, demo, demo.best_on("today"), max_items=12_000, stream="today")
+    """Today's stream until its best is served with posterior 0.99 (the old round's losses
+    then hold it firmly), then the moved stream until its best is served (or AFTER_ITEMS):
+    the counts after the change."""
+    before = drive(client, demo, demo.best_on("today"), max_items=12_000, stream="today",
+                   confidence=0.99)  # fmt: skip
     assert before.selection["served_model"] == demo.best_on("today")
     after = drive(client, demo, demo.best_on("moved"), max_items=AFTER_ITEMS, stream="moved",
                   confidence=0.0, seed=1)  # fmt: skip
