@@ -19,7 +19,7 @@ import numpy as np
 
 from picker.calibrate import calibrate_gamma, calibrate_pool
 from picker.data import PickerInputError, Pool, load_matrix, load_pool, make_pool
-from picker.large_pool import run_modelpicker
+from picker.large_pool import DEFAULT_DELTA, run_modelpicker
 from picker.pool_replay import pool_replay
 from picker.replay import METHODS, Method, ProgressCallback, ReplayResult, replay, summarise
 from picker.selectors import POOL_METHODS
@@ -47,6 +47,18 @@ def _active_models(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'all'") from None
     if value < 2:
         raise argparse.ArgumentTypeError(f"the active set needs at least 2 models, got {value}")
+    return value
+
+
+def _delta(text: str) -> float | None:
+    if text == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'off'") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"delta must be in (0, 1), got {text}")
     return value
 
 
@@ -100,6 +112,14 @@ def _replay_options(command: argparse.ArgumentParser) -> None:
         metavar="K|all",
         help="modelpicker's large-pool mode: K models evaluated on every item, the whole "
         "pool on labeled items (all: every model on every item, the default)",
+    )
+    command.add_argument(
+        "--delta",
+        type=_delta,
+        default=DEFAULT_DELTA,
+        metavar="D|off",
+        help="the large-pool mode's elimination: a model leaves the round once a test at "
+        f"level D says it is behind the leader (default {DEFAULT_DELTA}; off: none leaves)",
     )
     command.add_argument(
         "--runs", type=_positive(int), default=300, help="realisations (default 300)"
@@ -194,7 +214,9 @@ def run_replay_command(args: argparse.Namespace) -> list[ReplayResult]:
         for index, (method, param) in enumerate(settings):
             rng = np.random.default_rng([args.seed, index])
             if method == "modelpicker":
-                outcome = run_modelpicker(pool, param, active, stream_size, args.runs, rng, on_step)
+                outcome = run_modelpicker(
+                    pool, param, active, stream_size, args.runs, rng, on_step, args.delta
+                )
                 result = summarise(outcome, method, param, active)
             else:
                 result = replay(pool, method, param, stream_size, args.runs, rng, on_step)

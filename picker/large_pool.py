@@ -1,28 +1,37 @@
-"""The large-pool mode of ModelPicker: evaluate few models on every item, label-check all.
+"""The large-pool mode of ModelPicker: evaluate few models on every item, label-check all,
+eliminate by evidence.
 
 With k in the hundreds or thousands, running every model on every item costs k
 evaluations an item, though ModelPicker's query probability is decided by the few models
 that carry posterior weight. In this mode:
 
-- an **active set** of K models (the K lowest losses L, ties broken by a fixed random
-  order per round) is evaluated on every item, and q_t is ModelPicker's query probability
-  over them, with the posterior over the active set (the pool's posterior restricted and
-  renormalised) and the pool's learning rate eta_t = sqrt(ln k / (2 t));
+- an **active set** of K models (the K lowest losses L among the models still in the
+  round, ties broken by the round's recall order: a prior's ranking or a random one) is
+  evaluated on every item, and q_t is ModelPicker's query probability over them, with the
+  posterior over the active set (the pool's posterior restricted and renormalised) and
+  the pool's learning rate eta_t = sqrt(ln k / (2 t));
 - every item's q_t is floored at eta_t, also where the active models agree (ModelPicker
-  asks nothing there): a model outside the active set may disagree with them, and only a
-  label can show it;
-- every model of the pool is evaluated on each labeled item, and its loss moves by
-  [f_i(x_t) != y_t] / q_t, as in ModelPicker.
+  asks nothing there): a model outside may disagree with them, and only a label can show
+  it (kept when the round has shrunk to the active set: it costs no measurable labels,
+  and keeps every loss unbiased for all the mistakes, shared ones included);
+- every model still in the round is evaluated on each labeled item (the label check),
+  and its loss moves by [f_i(x_t) != y_t] / q_t, as in ModelPicker;
+- a model leaves the round when the elimination test (`Elimination`: a betting
+  supermartingale against the leader, level delta) says it is behind; it is never
+  evaluated, active or returned again.
 
 **Unbiased for every model.** q_t is decided before the coin z_t ~ Bernoulli(q_t) and is
-> 0 on every item, so E[z_t [f_i(x_t) != y_t] / q_t | past] = [f_i(x_t) != y_t] for every
-model i, active or not: L_i minus model i's mistakes on the items seen is a martingale with
-mean 0, whatever the active sets were (they depend on the past only). Full ModelPicker
-has q_t = 0 where all models agree, so its L_i leaves out the mistakes they all make there,
-which changes no difference between models; here nothing is left out.
+> 0 on every item, so E[z_t [f_i(x_t) != y_t] / q_t | past] = [f_i(x_t) != y_t] for
+every model i, active or not: L_i minus model i's mistakes on the items seen is a
+martingale with mean 0, whatever the active sets were (they depend on the past only),
+and, stopped at the model's elimination (a bounded stopping time), its mean is still 0.
+Full ModelPicker has q_t = 0 where all models agree, so its L_i leaves out the mistakes
+they all make there, which changes no difference between models; here nothing is left
+out.
 
-Evaluations per item: K, plus k - K on the items that get a label. The floor costs about
-sum_t eta_t = sqrt(2 t ln k) labels over t items (263 at t = 5,000, k = 1,000).
+Evaluations per item: K (or the models left, if fewer), plus the rest of the round on
+the items that get a label. The floor costs about sum_t eta_t = sqrt(2 t ln k) labels
+over t items (263 at t = 5,000, k = 1,000).
 """
 
 from __future__ import annotations
@@ -31,8 +40,10 @@ import numpy as np
 
 from picker.data import Pool
 from picker.modelpicker import (
+    BoolArray,
     FloatArray,
     IntArray,
+    best_model,
     compact_classes,
     learning_rate,
     posterior,
@@ -44,6 +55,12 @@ from picker.replay import (
     run_replay,
     walk_streams,
 )
+
+# The elimination test's level: the chance that the round's best model ever leaves it.
+DEFAULT_DELTA = 0.05
+# The active set's size unless told: on the 1,000-candidate pool, 20 needs the full pool's
+# labels where 10 needs a third more (the README's large-pool table).
+DEFAULT_ACTIVE_MODELS = 20
 
 
 def active_set(losses: FloatArray, size: int, order: FloatArray) -> IntArray:
@@ -107,6 +124,99 @@ def active_query_probability(
     return result
 
 
+def recall_order(
+    prior: FloatArray | None, models: int, runs: int, rng: np.random.Generator
+) -> FloatArray:
+    """Each realisation's tie order in [0, 1) (see `active_set`): with a `prior` (one score
+    per model, higher is better, such as an offline validation accuracy), models rank by
+    it, equal scores in random order; without one, a random order. Before any label every
+    loss is 0, so this order alone is the first active set: the recall."""
+    noise = rng.random((runs, models))
+    if prior is None:
+        return noise
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.shape != (models,) or not np.all(np.isfinite(prior)):
+        raise ValueError(f"the prior needs one finite score per model ({models})")
+    rank = np.lexsort((noise, np.broadcast_to(-prior, noise.shape)), axis=-1)
+    order = np.empty_like(noise)
+    np.put_along_axis(order, rank, np.broadcast_to(np.arange(models) / models, noise.shape), -1)
+    return order
+
+
+def bet_sizes(drift: FloatArray, spread: FloatArray, seen: int, eta: float) -> FloatArray:
+    """The predictable bets lambda_t of the elimination test: m / (v + m^2), the bet that
+    maximises growth against increments of mean m and second moment v (estimated from the
+    `seen` items before this one: `drift` = sum of Z, `spread` = sum of Z^2), clipped to
+    [0, eta_t / 2]. Every q is >= eta_t where Z can be non-zero, so |Z| <= 1 / eta_t and
+    1 + lambda Z >= 1/2: the wealth stays positive."""
+    n = max(seen, 1)
+    mean, second = drift / n, spread / n
+    scale = second + mean * mean
+    raw = np.divide(mean, scale, out=np.zeros_like(mean), where=scale > 0)
+    result: FloatArray = np.clip(raw, 0.0, eta / 2.0)
+    return result
+
+
+class Elimination:
+    """The elimination test of every model of every realisation against its leader.
+
+    On an item with label y and query probability q, model i's increment against the
+    leader j (the lowest L before the item, decided before the coin) is
+    Z = z ([f_i(x) != y] - [f_j(x) != y]) / q, which is 0 on items with no label. If the
+    items of a round are drawn i.i.d. (the stationarity that drift detection checks), and
+    model i is the best of the round (no model has a lower expected loss), then
+    E[Z | past] = E_x[loss_i(x) - loss_j(x)] <= 0 for whichever leader j the past chose,
+    because the coin's 1/q cancels its probability q. The wealth W_i = prod (1 + lambda Z)
+    with bets lambda >= 0 decided before the item (`bet_sizes`) is then a nonnegative
+    supermartingale with W_0 = 1, and Ville's inequality bounds the chance it ever reaches
+    1 / delta by delta. So model i leaves the round when W_i >= 1 / delta: the best model
+    leaves with probability at most delta, over the whole round, however often the test
+    is looked at, whichever leader each item had and however small q became (no range
+    term: the bets shrink with eta_t instead). One test per model; only the best model's
+    null hypothesis is true, so no union bound over the pool is needed.
+
+    Every model in the round is evaluated on every labeled item (the label checks), so Z
+    is known for all of them; an eliminated model is not evaluated again."""
+
+    def __init__(self, runs: int, models: int, delta: float) -> None:
+        if not 0.0 < delta < 1.0:
+            raise ValueError(f"the elimination's delta must be in (0, 1), got {delta}")
+        self.threshold = float(np.log(1.0 / delta))
+        self.drift = np.zeros((runs, models))
+        self.spread = np.zeros((runs, models))
+        self.log_wealth = np.zeros((runs, models))
+        self.eliminated_at = np.full((runs, models), -1, dtype=np.int64)  # stream position
+        self.loss_at_exit = np.full((runs, models), np.nan)
+
+    def observe(
+        self,
+        position: int,
+        rows: IntArray,
+        mistakes: FloatArray,
+        q: FloatArray,
+        leaders: IntArray,
+        losses: FloatArray,
+        eta: float,
+    ) -> BoolArray:
+        """Labels on `rows` at this stream position (their `mistakes`, `q` and the leaders
+        chosen before the coin): move each model's evidence, and take out of the round
+        (L = +inf) the models it now says are behind. Returns the models eliminated."""
+        in_round = np.isfinite(losses[rows])
+        z = (mistakes - mistakes[np.arange(rows.size), leaders][:, None]) / q[:, None]
+        z = np.where(in_round, z, 0.0)
+        bets = bet_sizes(self.drift[rows], self.spread[rows], position, eta)
+        self.log_wealth[rows] += np.log1p(bets * z)
+        self.drift[rows] += z
+        self.spread[rows] += z * z
+        out: BoolArray = in_round & (self.log_wealth[rows] >= self.threshold)
+        if out.any():
+            run, model = np.nonzero(out)
+            self.eliminated_at[rows[run], model] = position
+            self.loss_at_exit[rows[run], model] = losses[rows[run], model]
+            losses[rows[run], model] = np.inf
+        return out
+
+
 def run_active_replay(
     pool: Pool,
     gamma: float,
@@ -115,30 +225,88 @@ def run_active_replay(
     runs: int,
     rng: np.random.Generator,
     on_step: ProgressCallback | None = None,
+    delta: float | None = None,
+    prior: FloatArray | None = None,
 ) -> ReplayOutcome:
     """`runs` realisations of the large-pool mode (as `picker.replay.run_replay`): the
-    evaluations it needed are counted per realisation."""
-    if not (np.isfinite(gamma) and gamma > 0):
-        raise ValueError(f"modelpicker needs a parameter > 0, got {gamma}")
-    k = pool.n_models
-    streams = draw_streams(pool.n_items, stream_size, runs, rng)
-    errors = pool.errors()
-    order = rng.random((runs, k))
-    rows = np.arange(runs)[:, None]
+    evaluations it needed are counted per realisation. With `delta`, models leave the
+    round by the elimination test (`Elimination`) at that level; with `prior`, the first
+    active set is recalled by it (`recall_order`). The outcome's L is +inf for the models
+    that left."""
+    return ActiveReplay(pool, gamma, active_models, runs, rng, delta, prior).walk(
+        stream_size, on_step
+    )
 
-    def q_of(position: int, items: IntArray, losses: FloatArray) -> FloatArray:
-        active = active_set(losses, active_models, order)
-        eta = learning_rate(position + 1, k)
-        weights = posterior(losses, eta)[rows, active]
-        outside = np.maximum(0.0, 1.0 - weights.sum(axis=1))
-        return active_query_probability(
-            pool.predictions[items[:, None], active], weights, outside, gamma, eta
+
+class ActiveReplay:
+    """One large-pool replay: the round's state per realisation (its streams, evaluations
+    and `elimination` evidence, kept for inspection), walked by walk_streams."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        gamma: float,
+        active_models: int,
+        runs: int,
+        rng: np.random.Generator,
+        delta: float | None,
+        prior: FloatArray | None,
+    ) -> None:
+        if not (np.isfinite(gamma) and gamma > 0):
+            raise ValueError(f"modelpicker needs a parameter > 0, got {gamma}")
+        self.pool, self.gamma, self.size, self.rng = pool, gamma, active_models, rng
+        self.runs = runs
+        self.prior = prior
+        self.elimination = Elimination(runs, pool.n_models, delta) if delta else None
+        self.evaluations = np.zeros(runs, dtype=np.int64)
+        self.leaders = np.zeros(runs, dtype=np.int64)
+        self.in_round = np.full(runs, pool.n_models, dtype=np.int64)
+        self.eta = 1.0
+
+    def walk(self, stream_size: int, on_step: ProgressCallback | None) -> ReplayOutcome:
+        self.streams = draw_streams(self.pool.n_items, stream_size, self.runs, self.rng)
+        self.order = recall_order(self.prior, self.pool.n_models, self.runs, self.rng)
+        return walk_streams(
+            self.streams,
+            self.pool.errors(),
+            self.q_of,
+            True,
+            lambda labels: self.evaluations.copy(),
+            self.rng,
+            on_step,
+            self.on_labels if self.elimination is not None else self.count_checks,
         )
 
-    def evaluations(labels: IntArray) -> IntArray:
-        return stream_size * active_models + labels * (k - active_models)
+    def q_of(self, position: int, items: IntArray, losses: FloatArray) -> FloatArray:
+        k = self.pool.n_models
+        active = active_set(losses, self.size, self.order)
+        self.eta = learning_rate(position + 1, k)
+        rows = np.arange(self.runs)[:, None]
+        weights = posterior(losses, self.eta)[rows, active]
+        outside = np.maximum(0.0, 1.0 - weights.sum(axis=1))
+        self.in_round = np.isfinite(losses).sum(axis=1)
+        self.leaders = best_model(losses)
+        self.evaluations += np.minimum(self.size, self.in_round)
+        predictions = self.pool.predictions[items[:, None], active]
+        result: FloatArray = active_query_probability(
+            predictions, weights, outside, self.gamma, self.eta
+        )
+        return result
 
-    return walk_streams(streams, errors, q_of, True, evaluations, rng, on_step)
+    def count_checks(
+        self, position: int, asked: BoolArray, mistakes: FloatArray, q: FloatArray,
+        losses: FloatArray,
+    ) -> None:  # fmt: skip
+        self.evaluations[asked] += np.maximum(0, self.in_round[asked] - self.size)
+
+    def on_labels(
+        self, position: int, asked: BoolArray, mistakes: FloatArray, q: FloatArray,
+        losses: FloatArray,
+    ) -> None:  # fmt: skip
+        self.count_checks(position, asked, mistakes, q, losses)
+        assert self.elimination is not None
+        rows = np.flatnonzero(asked)
+        self.elimination.observe(position, rows, mistakes, q, self.leaders[rows], losses, self.eta)
 
 
 def run_modelpicker(
@@ -149,9 +317,13 @@ def run_modelpicker(
     runs: int,
     rng: np.random.Generator,
     on_step: ProgressCallback | None = None,
+    delta: float | None = None,
+    prior: FloatArray | None = None,
 ) -> ReplayOutcome:
     """ModelPicker's replay with every model on every item (`active_models` None) or in
-    the large-pool mode with that many active models."""
+    the large-pool mode with that many active models (and elimination at `delta`)."""
     if active_models is None:
         return run_replay(pool, "modelpicker", gamma, stream_size, runs, rng, on_step)
-    return run_active_replay(pool, gamma, active_models, stream_size, runs, rng, on_step)
+    return run_active_replay(
+        pool, gamma, active_models, stream_size, runs, rng, on_step, delta, prior
+    )

@@ -131,6 +131,9 @@ def _query_rule(
 
 
 QueryProbabilities = Callable[[int, IntArray, FloatArray], FloatArray]
+# Told of each position's labels: (position, which realisations asked, their rows of
+# mistakes, their q, every realisation's L after the labels).
+LabelHook = Callable[[int, BoolArray, FloatArray, FloatArray, FloatArray], None]
 
 
 def walk_streams(
@@ -141,10 +144,12 @@ def walk_streams(
     evaluations: Callable[[IntArray], IntArray],
     rng: np.random.Generator,
     on_step: ProgressCallback | None,
+    on_labels: LabelHook | None = None,
 ) -> ReplayOutcome:
     """Walk every realisation's stream in lock-step: at each position, `q_of(position,
     items, losses)` gives each realisation's q, a coin per realisation asks for the label,
-    and a label adds [wrong] / q to every model's loss (or [wrong], without `weighs_by_q`).
+    and a label adds [wrong] / q to every model's loss (or [wrong], without `weighs_by_q`);
+    `on_labels` then sees them (it may set a model's L to +inf: out of the round).
     `evaluations(labels)` counts the model evaluations of each realisation from its
     labels. The outcome returns each realisation's best model, ties broken with `rng`."""
     runs, stream_size = streams.shape
@@ -158,6 +163,8 @@ def walk_streams(
             mistakes = errors[items[asked]].astype(np.float64)
             losses[asked] += importance_weighted(mistakes, q[asked]) if weighs_by_q else mistakes
             labels += asked
+            if on_labels is not None:
+                on_labels(position, asked, mistakes, q[asked], losses)
         if on_step is not None:
             on_step(1)
     return ReplayOutcome(

@@ -177,7 +177,7 @@ def test_calibrate_modelpicker_still_needs_the_oracle(pool_files: tuple[Path, Pa
 def test_replay_active_models_counts_fewer_evaluations() -> None:
     done = run_picker(
         "replay", DATA / "predictions.npy", DATA / "oracle.npy", "--gamma", "2",
-        "--runs", "10", "--quiet", "--active-models", "10",
+        "--runs", "10", "--quiet", "--active-models", "10", "--delta", "off",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     row = json.loads(done.stdout)
@@ -185,6 +185,13 @@ def test_replay_active_models_counts_fewer_evaluations() -> None:
     assert row["active_models"] == 10
     # 10 models on every item, the other 77 on the labeled ones only
     assert row["evaluations"] == pytest.approx(items * 10 + row["labels"] * (models - 10))
+    # by default models leave the round (delta 0.05): the label checks run fewer of them
+    eliminating = run_picker(
+        "replay", DATA / "predictions.npy", DATA / "oracle.npy", "--gamma", "8",
+        "--runs", "10", "--quiet", "--active-models", "10",
+    )  # fmt: skip
+    row = json.loads(eliminating.stdout)
+    assert row["evaluations"] < items * 10 + row["labels"] * (models - 10)
     everything = run_picker(
         "replay", DATA / "predictions.npy", DATA / "oracle.npy", "--gamma", "2",
         "--runs", "10", "--quiet", "--active-models", "all",
@@ -199,6 +206,8 @@ def test_replay_active_models_counts_fewer_evaluations() -> None:
         (["--active-models", "five"], "neither a number nor 'all'"),
         (["--active-models", "88"], "exceeds the pool's 87 models"),
         (["--method", "random", "--budget", "20", "--active-models", "5"], "modelpicker's"),
+        (["--active-models", "5", "--delta", "1"], "delta must be in (0, 1)"),
+        (["--active-models", "5", "--delta", "none"], "neither a number nor 'off'"),
     ],
 )
 def test_replay_active_models_refuses_what_it_cannot_do(extra: list[str], message: str) -> None:
