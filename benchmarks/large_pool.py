@@ -25,7 +25,7 @@ from label_frontier import crossing  # this folder's: scripts run as benchmarks/
 
 from picker import load_pool
 from picker.data import Pool
-from picker.large_pool import run_modelpicker
+from picker.large_pool import DEFAULT_ACTIVE_MODELS, DEFAULT_DELTA, run_modelpicker
 from picker.replay import summarise
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
@@ -59,14 +59,55 @@ def at_target(rows: list[dict[str, Any]]) -> dict[str, float | None]:
 
 
 def curve(
-    pool: Pool, active: int | None, gammas: list[float], stream_size: int, runs: int
+    pool: Pool, active: int | None, args: argparse.Namespace, stream_size: int
 ) -> list[dict[str, Any]]:
     rows = []
-    for index, gamma in enumerate(gammas):
+    for index, gamma in enumerate(args.gamma):
         rng = np.random.default_rng([7, index])
-        outcome = run_modelpicker(pool, gamma, active, stream_size, runs, rng)
+        outcome = run_modelpicker(pool, gamma, active, stream_size, args.runs, rng, None,
+                                  args.delta)  # fmt: skip
         rows.append(summarise(outcome, "modelpicker", gamma, active).to_dict())
     return rows
+
+
+def largest_drop(rows: list[dict[str, Any]]) -> float:
+    """How far identification falls, at most, from one gamma to a larger one."""
+    found = [r["identified"] for r in rows]
+    return round(max([0.0] + [a - b for i, a in enumerate(found) for b in found[i + 1 :]]), 4)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Identification against labels and against model evaluations, one line per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    figure, (by_labels, by_evaluations) = plt.subplots(1, 2, figsize=(10, 4))
+    for mode, entry in report.items():
+        if not isinstance(entry, dict):
+            continue
+        rows = entry["curve"]
+        name = "every model" if mode == "all" else f"{mode} active"
+        found = [r["identified"] for r in rows]
+        by_labels.plot([r["labels"] for r in rows], found, marker="o", label=name)
+        by_evaluations.plot([r["evaluations"] for r in rows], found, marker="o", label=name)
+    by_labels.set_xlabel("mean labels per stream")
+    by_evaluations.set_xlabel("mean model evaluations per stream")
+    by_evaluations.set_xscale("log")
+    by_evaluations.xaxis.set_minor_formatter(NullFormatter())
+    for axes in (by_labels, by_evaluations):
+        axes.set_ylabel("identification probability")
+        axes.set_ylim(0, 1.02)
+        axes.axhline(0.9, color="grey", linewidth=0.8, linestyle=":")
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.suptitle(f"{report['set']}: {report['models']} models, stream {report['stream_size']}, "
+                    f"{report['runs']} realisations")  # fmt: skip
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -78,10 +119,10 @@ def run(args: argparse.Namespace) -> None:
     full = None
     for active in [None, *args.active_models]:
         started = time.perf_counter()
-        rows = curve(pool, active, args.gamma, stream_size, args.runs)
+        rows = curve(pool, active, args, stream_size)
         target = at_target(rows)
         mode = "all" if active is None else str(active)
-        entry = {"curve": rows, "at_0.9": target,
+        entry = {"curve": rows, "at_0.9": target, "largest_drop": largest_drop(rows),
                  "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
         if active is None:
             full = target
@@ -93,6 +134,8 @@ def run(args: argparse.Namespace) -> None:
               flush=True)  # fmt: skip
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1))
+    if args.plot is not None:
+        plot(report, args.plot)
 
 
 def main() -> None:
@@ -104,9 +147,14 @@ def main() -> None:
     runner.add_argument("--stream-size", type=int)
     runner.add_argument("--runs", type=int, default=40)
     runner.add_argument("--gamma", type=float, nargs="+", default=[0.5, 1, 1.5, 2, 3, 4, 6, 8])
-    runner.add_argument("--active-models", type=int, nargs="+", default=[20])
+    runner.add_argument("--active-models", type=int, nargs="+", default=[DEFAULT_ACTIVE_MODELS])
+    runner.add_argument("--delta", type=float, default=DEFAULT_DELTA,
+                        help="the elimination's level (0: no elimination)")  # fmt: skip
     runner.add_argument("--json", type=Path)
+    runner.add_argument("--plot", type=Path, help="identification vs labels and evaluations")
     args = parser.parse_args()
+    if args.command == "run" and not args.delta:
+        args.delta = None
     if args.command == "build":
         build()
     else:

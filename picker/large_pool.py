@@ -9,11 +9,16 @@ that carry posterior weight. In this mode:
   round, ties broken by the round's recall order: a prior's ranking or a random one) is
   evaluated on every item, and q_t is ModelPicker's query probability over them, with the
   posterior over the active set (the pool's posterior restricted and renormalised) and
-  the pool's learning rate eta_t = sqrt(ln k / (2 t));
-- every item's q_t is floored at eta_t, also where the active models agree (ModelPicker
-  asks nothing there): a model outside may disagree with them, and only a label can show
-  it (kept when the round has shrunk to the active set: it costs no measurable labels,
-  and keeps every loss unbiased for all the mistakes, shared ones included);
+  the pool's learning rate eta_t = sqrt(ln k / (2 t)). The active set stands in for the
+  pool: while the posterior is flat it is a sample of it, and once it is peaked it holds
+  the models with nearly all the weight. (Counting the mass outside as if it all
+  disagreed, the cautious alternative, asked for a fifth more labels on the 1,000-
+  candidate pool; the floor below is what keeps the outside honest.);
+- every item's q_t is floored at eta_t (gamma eta_t / 2 above gamma 2: `floor`), also
+  where the active models agree (ModelPicker asks nothing there): a model outside may
+  disagree with them, and only a label can show it (kept when the round has shrunk to
+  the active set: it costs no measurable labels, and keeps every loss unbiased for all
+  the mistakes, shared ones included);
 - every model still in the round is evaluated on each labeled item (the label check),
   and its loss moves by [f_i(x_t) != y_t] / q_t, as in ModelPicker;
 - a model leaves the round when the elimination test (`Elimination`: a betting
@@ -45,6 +50,7 @@ from picker.modelpicker import (
     IntArray,
     best_model,
     compact_classes,
+    disagreement_variance,
     learning_rate,
     posterior,
 )
@@ -58,9 +64,9 @@ from picker.replay import (
 
 # The elimination test's level: the chance that the round's best model ever leaves it.
 DEFAULT_DELTA = 0.05
-# The active set's size unless told: on the 1,000-candidate pool, 20 needs the full pool's
-# labels where 10 needs a third more (the README's large-pool table).
-DEFAULT_ACTIVE_MODELS = 20
+# The active set's size unless told: on both recorded large pools, 10 needs no more labels
+# than 20 and fewer evaluations (the README's large-pool table).
+DEFAULT_ACTIVE_MODELS = 10
 
 
 def active_set(losses: FloatArray, size: int, order: FloatArray) -> IntArray:
@@ -79,49 +85,26 @@ def active_set(losses: FloatArray, size: int, order: FloatArray) -> IntArray:
     return chosen
 
 
-def _largest_product(low: FloatArray, high: FloatArray) -> FloatArray:
-    """max of l (1 - l) over l in [low, high] (elementwise)."""
-    ends = np.maximum(low * (1.0 - low), high * (1.0 - high))
-    result: FloatArray = np.where((low <= 0.5) & (high >= 0.5), 0.25, ends)
-    return result
-
-
-def variance_bound(compact: IntArray, weights: FloatArray, outside: FloatArray) -> FloatArray:
-    """The largest v_t = max_c lbar_c (1 - lbar_c) that the models outside the active set
-    could make, whatever they predict: `weights` are the active models' weights in the
-    pool's posterior (rows: items; columns: the active models; their local classes in
-    `compact`), `outside` the posterior mass of the rest. lbar_c lies in [lbar_c^A,
-    lbar_c^A + outside] for a class the active models predict, and in [1 - outside, 1]
-    for any other. With no mass outside, this is ModelPicker's v_t over the active set."""
-    rows, k = compact.shape
-    index = np.arange(rows)
-    flat = (compact + (index * k)[:, None]).ravel()
-    class_mass = np.bincount(flat, weights=weights.ravel(), minlength=rows * k).reshape(rows, k)
-    top = class_mass.argmax(axis=1)
-    lbar = weights.sum(axis=1, keepdims=True) - class_mass
-    # The top class's lbar summed from the weights that disagree with it, as ModelPicker's.
-    lbar[index, top] = np.where(compact != top[:, None], weights, 0.0).sum(axis=1)
-    predicted = np.zeros((rows, k), dtype=bool)
-    predicted[index[:, None], compact] = True
-    inside = np.where(predicted, _largest_product(lbar, lbar + outside[:, None]), 0.0)
-    other = _largest_product(1.0 - outside, np.ones(rows))
-    result: FloatArray = np.maximum(inside.max(axis=1), other)
-    return result
-
-
 def active_query_probability(
-    active_predictions: IntArray,
-    active_weights: FloatArray,
-    outside: FloatArray,
-    gamma: float,
-    eta: float,
+    active_predictions: IntArray, active_weights: FloatArray, gamma: float, eta: float
 ) -> FloatArray:
-    """q_t = min(1, max(gamma v, eta_t)) with v the largest the models outside the active
-    set could make (`variance_bound`), on every item: the floor also where the active
-    models agree."""
-    v = variance_bound(compact_classes(active_predictions), active_weights, outside)
-    result: FloatArray = np.minimum(1.0, np.maximum(gamma * v, eta))
+    """q_t = min(1, max(gamma v_t, floor_t)) on every item: v_t is ModelPicker's over the
+    active set, with its models' posterior weights renormalised to sum to 1 (the active
+    set stands in for the pool: at first a random or recalled sample of it, then its
+    leaders), and the floor (`floor`) applies also where the active models agree."""
+    weights = active_weights / active_weights.sum(axis=-1, keepdims=True)
+    v = disagreement_variance(compact_classes(active_predictions), weights)
+    result: FloatArray = np.minimum(1.0, np.maximum(gamma * v, floor(gamma, eta)))
     return result
+
+
+def floor(gamma: float, eta: float) -> float:
+    """Every item's least query probability: eta_t, and gamma eta_t / 2 above gamma 2, so
+    that as gamma grows every item gets a label and every loss becomes exact (the models
+    outside the active set are seen only through labels: without this, a larger gamma
+    would buy labels only where the active models disagree). Always >= eta_t, which the
+    elimination's bets rely on."""
+    return min(1.0, eta * max(1.0, gamma / 2.0))
 
 
 def recall_order(
@@ -283,15 +266,11 @@ class ActiveReplay:
         self.eta = learning_rate(position + 1, k)
         rows = np.arange(self.runs)[:, None]
         weights = posterior(losses, self.eta)[rows, active]
-        outside = np.maximum(0.0, 1.0 - weights.sum(axis=1))
         self.in_round = np.isfinite(losses).sum(axis=1)
         self.leaders = best_model(losses)
         self.evaluations += np.minimum(self.size, self.in_round)
         predictions = self.pool.predictions[items[:, None], active]
-        result: FloatArray = active_query_probability(
-            predictions, weights, outside, self.gamma, self.eta
-        )
-        return result
+        return active_query_probability(predictions, weights, self.gamma, self.eta)
 
     def count_checks(
         self, position: int, asked: BoolArray, mistakes: FloatArray, q: FloatArray,

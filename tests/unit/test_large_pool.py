@@ -75,28 +75,23 @@ def test_the_active_set_is_the_lowest_losses_with_ties_by_the_order() -> None:
 def test_q_is_floored_at_eta_also_where_the_active_models_agree() -> None:
     eta = learning_rate(400, 1000)
     agree = np.array([[1, 1, 1], [0, 2, 2]])
-    weights = np.full((2, 3), 1 / 3)
-    q = active_query_probability(agree, weights, np.zeros(2), 1.0, eta)
+    weights = np.full((2, 3), 0.01)
+    q = active_query_probability(agree, weights, 1.0, eta)
     assert q[0] == pytest.approx(eta) and q[1] > eta
 
 
-def test_with_no_mass_outside_q_is_modelpickers_over_the_active_set() -> None:
+def test_q_is_modelpickers_over_the_active_set_with_its_weights_renormalised() -> None:
+    """The active models' weights are their share of the whole pool's posterior (summing
+    to less than 1); q uses them renormalised, as if the active set were the pool."""
     rng = np.random.default_rng(3)
     predictions = rng.integers(0, 4, (200, 6))
     weights = rng.dirichlet(np.ones(6), size=200)
     eta = learning_rate(50, 40)
-    ours = active_query_probability(predictions, weights, np.zeros(200), 1.5, eta)
+    ours = active_query_probability(predictions, 0.3 * weights, 1.5, eta)
     theirs = query_probability(predictions, weights, 1.5, eta)
     disagree = (predictions != predictions[:, :1]).any(axis=1)
     assert np.allclose(ours[disagree], theirs[disagree], rtol=1e-12, atol=0)
-
-
-def test_mass_outside_is_counted_as_if_it_disagreed() -> None:
-    """Active models agree, and 30 % of the posterior lies outside: those models might all
-    predict another class, so v = 0.3 × 0.7 and q = gamma v."""
-    agree = np.array([[2, 2, 2]])
-    q = active_query_probability(agree, np.full((1, 3), 0.7 / 3), np.array([0.3]), 1.0, 0.01)
-    assert q[0] == pytest.approx(0.21)
+    assert np.all(ours[~disagree] == eta)
 
 
 def test_evaluations_count_the_active_set_and_the_label_checks() -> None:
