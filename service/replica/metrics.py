@@ -31,6 +31,11 @@ COUNTERS = {
     "requests": ("Inference requests answered, by served model", ("model",)),
     "items_served": ("Items answered, by served model", ("model",)),
     "shadow_items": ("Items run through every candidate, by outcome (done, shed)", ("outcome",)),
+    "model_evaluations": (
+        "Model evaluations (one model on one item), by purpose: served (answering a client, "
+        "failed attempts included), shadow (shadow evaluation, every candidate an item)",
+        ("purpose",),
+    ),
     "queries": ("Items the picker queued for labeling", ()),
     "labels": (
         "Labels posted, by outcome (accepted, duplicate, unknown, invalid, leased)",

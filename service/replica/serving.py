@@ -73,6 +73,7 @@ class Server:
     async def run(self, index: int, features: FloatMatrix) -> FloatMatrix:
         """One model's answer, counted; a failure is counted and raised (ModelError)."""
         started, model = time.perf_counter(), self.names[index]
+        self.counters.inc("model_evaluations", "served", value=len(features))
         try:
             probabilities = await self.probabilities(index, features)
         except ModelError as failure:

@@ -163,6 +163,7 @@ class ShadowEvaluator:
         if result is None:
             return
         predictions = np.asarray(result, dtype=np.int64)
+        self.counters.inc("model_evaluations", "shadow", value=predictions.size)
         faults = int((predictions == NO_CLASS).sum())
         if faults:
             self.counters.inc("errors", "nonfinite", value=faults)

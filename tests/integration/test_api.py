@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from picker import loss_increments
+from service.http.schemas import PredictResponse
 from service.models.demo_data import DemoData
 from service.tools.demo import pool_mismatch
 from tests.integration.conftest import Deploy
@@ -60,6 +61,8 @@ def test_predict_answers_with_the_served_model(client: httpx.Client, demo: DemoD
     answer = client.post("/v1/predict", json={"instances": demo.stream_features[:3].tolist()})
     assert answer.status_code == 200
     body = answer.json()
+    # the answer is written out by hand: it must be exactly what the OpenAPI document says
+    assert PredictResponse.model_validate(body).model_dump(by_alias=True) == body
     selection = client.get("/v1/selection").json()
     assert body["model"] == selection["served_model"]
     assert body["selection_version"] == selection["selection_version"]
@@ -258,6 +261,12 @@ def test_metrics_read_the_same_from_every_scrape(deploy: Deploy, demo: DemoData)
     ):  # fmt: skip
         assert name in text, name
     assert text == client.get("/metrics").text
+    # evaluations: every candidate on each shadow item, one model on each served item
+    models = len(client.get("/v1/selection").json()["posterior"])
+    assert f'pickserve_model_evaluations_total{{purpose="shadow"}} {16.0 * models}' in text
+    served = sum(float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith("pickserve_items_served_total{"))  # fmt: skip
+    assert f'pickserve_model_evaluations_total{{purpose="served"}} {served}' in text
 
 
 def test_every_metric_the_dashboard_names_is_exported(deploy: Deploy, demo: DemoData) -> None:
