@@ -46,7 +46,13 @@ def resolve_pool_file(settings: Settings) -> Path:
         follow_store(backend, pool_file)
     finally:
         backend.close()
-    load_pool(pool_file)
+    loaded = load_pool(pool_file)
+    active = settings.knobs.active_models
+    if isinstance(active, int) and active > len(loaded.candidates):
+        raise PoolLoadError(
+            f"active_models {active} exceeds the pool's {len(loaded.candidates)} candidates "
+            f"in {pool_file} (use a smaller number, or auto or all)"
+        )
     return pool_file
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from picker import DEFAULT_GAMMA
+from picker.large_pool import DEFAULT_ACTIVE_MODELS
 
 
 class Strict(BaseModel):
@@ -49,6 +50,29 @@ class RuntimeKnobs(Strict):
         "pool, the queue is handed out in the order of a calibrated belief re-ranked after "
         "every label); a change starts a new round",
     )
+    active_models: Annotated[int, Field(ge=2, le=1_000_000)] | Literal["auto", "all"] = Field(
+        "auto",
+        description="selector modelpicker, large pools: candidates run on every shadow item "
+        "(the active set: the lowest losses, with the served model); the picker's queued "
+        "items are run through the rest before they are queued, so a label moves every "
+        f"candidate's loss. auto: {DEFAULT_ACTIVE_MODELS} once the pool has more, else all; "
+        "all: every candidate on every shadow item",
+    )
+
+    @field_validator("active_models", mode="before")
+    @classmethod
+    def _one_line_for_active_models(cls, value: object) -> object:
+        """One clear reason instead of one per member of the union."""
+        if value in ("auto", "all"):
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 1_000_000:
+            raise ValueError(
+                f"must be a whole number from 2 to 1000000, auto or all; got {value!r}"
+            )
+        return value
+
     pool_max_items: int = Field(
         20_000, ge=10, le=1_000_000,
         description="selector pool-based: items a round's pool holds at most (then no more "
@@ -109,3 +133,12 @@ class RuntimeKnobs(Strict):
     seed: int | None = Field(
         None, ge=0, le=2**63 - 1, description="seed of the picker's coin (None: entropy)"
     )
+
+
+def active_size(knobs: RuntimeKnobs) -> int | None:
+    """The active set's size the knob asks for (None: every candidate)."""
+    if knobs.active_models == "all":
+        return None
+    if knobs.active_models == "auto":
+        return DEFAULT_ACTIVE_MODELS
+    return knobs.active_models

@@ -46,6 +46,10 @@ class Failed:
         return cls(failure.model, str(failure), failure.kind)
 
 
+# A shadow request: the rows, the pool's names it expects, the columns to run (None: all).
+ShadowRequest = tuple[FloatMatrix, tuple[str, ...], tuple[int, ...] | None]
+
+
 def _split(rows: np.ndarray[Any, Any], sizes: list[int]) -> list[Any]:
     return list(np.split(rows, np.cumsum(sizes)[:-1]))
 
@@ -76,19 +80,23 @@ class Candidates:
         return [r for r in results if r is not None]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def shadow(self, requests: list[tuple[FloatMatrix, tuple[str, ...]]]) -> list[Any]:
-        """Every candidate's predicted class for each request's rows, shape (rows, models),
-        or the failure of a model that raised, timed out or is hung (for every request).
-        Each request names the pool it expects: a pool changed at run time is re-read."""
+    async def shadow(self, requests: list[ShadowRequest]) -> list[Any]:
+        """Every candidate's (or the request's `columns'`) predicted class for each
+        request's rows, shape (rows, models), or the failure of a model that raised, timed
+        out or is hung (for every request). Each request names the pool it expects: a
+        pool changed at run time is re-read."""
         results: list[Any] = [None] * len(requests)
-        for names in {n for _, n in requests}:
-            positions = [p for p, (_, n) in enumerate(requests) if n == names]
+        for names, columns in {(n, c) for _, n, c in requests}:
+            positions = [p for p, (_, n, c) in enumerate(requests) if (n, c) == (names, columns)]
             chunks = [requests[p][0] for p in positions]
-            for position, part in zip(positions, await self._shadow(chunks, names), strict=True):
+            parts = await self._shadow(chunks, names, columns)
+            for position, part in zip(positions, parts, strict=True):
                 results[position] = part
         return results
 
-    async def _shadow(self, chunks: list[FloatMatrix], names: tuple[str, ...]) -> list[Any]:
+    async def _shadow(
+        self, chunks: list[FloatMatrix], names: tuple[str, ...], columns: tuple[int, ...] | None
+    ) -> list[Any]:
         if tuple(self.runner.names) != names:
             try:
                 loaded = await asyncio.to_thread(self._load, names)
@@ -97,7 +105,7 @@ class Candidates:
                                "error")] * len(chunks)  # fmt: skip
             self.runner.use(loaded)
         try:
-            predictions = await self.runner.predictions(np.vstack(chunks), NO_CLASS)
+            predictions = await self.runner.predictions(np.vstack(chunks), NO_CLASS, columns)
         except ModelError as failure:
             return [Failed.of(failure)] * len(chunks)
         return _split(predictions, [len(c) for c in chunks])

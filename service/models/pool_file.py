@@ -38,6 +38,7 @@ from pydantic import (
 
 FloatMatrix = npt.NDArray[np.float64]
 NO_CLASS = -1  # a row whose class probabilities are not finite: no label equals it
+NOT_EVALUATED = -2  # a candidate a large-pool shadow batch did not run on that row
 
 
 class PoolLoadError(RuntimeError):

@@ -123,12 +123,15 @@ class ModelRunner:
             raise ModelError(candidate.name, f"failed: {type(error).__name__}: {reason}") from error
         return result
 
-    async def predictions(self, features: FloatMatrix, no_class: int) -> Any:
-        """Every model's predicted class per row, shape (rows, models); `no_class` on rows
-        where a model's output is not finite. A model that raises, times out or is hung
-        fails the whole call (ModelError): its items are then not observed at all."""
+    async def predictions(
+        self, features: FloatMatrix, no_class: int, models: Sequence[int] | None = None
+    ) -> Any:
+        """Every model's (or the listed `models'`) predicted class per row, shape (rows,
+        models); `no_class` on rows where a model's output is not finite. A model that
+        raises, times out or is hung fails the whole call (ModelError): its items are
+        then not observed at all."""
         columns = []
-        for index in range(len(self.candidates)):
+        for index in range(len(self.candidates)) if models is None else models:
             probabilities = await self.raw_probabilities(index, features)
             columns.append(predicted_classes(probabilities, no_class))
         return np.stack(columns, axis=1).astype(np.int64)

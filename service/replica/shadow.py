@@ -27,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from service.config.knobs import RuntimeKnobs
+from service.config.knobs import RuntimeKnobs, active_size
 from service.models.candidates import Failed
-from service.models.pool_file import NO_CLASS, FloatMatrix
+from service.models.pool_file import NO_CLASS, NOT_EVALUATED, FloatMatrix
 from service.replica.metrics import LocalCounters
+from service.state import rules
 from service.state.drift import DriftConfig
 from service.state.live import LiveState, new_op
-from service.state.rules import Batch
+from service.state.rules import Batch, Selection
 from service.state.store.base import StoreError
 
 logger = logging.getLogger("pickserve")
@@ -69,9 +70,10 @@ class ShadowEvaluator:
         timeout_s: float = 60.0,
         n_classes: int = 2,
         models: Callable[[], Sequence[str]] | None = None,
+        selection: Callable[[], Selection | None] | None = None,
     ) -> None:
         self.candidates, self.live, self.run_store = candidates, live, run_store
-        self.n_classes, self.models = n_classes, models
+        self.n_classes, self.models, self.selection = n_classes, models, selection
         self.counters, self.max_in_flight = counters, max_in_flight
         self.batch_size, self.wait_s, self.timeout_s = batch_size, wait_s, timeout_s
         self.in_flight = 0
@@ -128,9 +130,15 @@ class ShadowEvaluator:
             self.counters.inc("errors", "shadow")
             logger.warning("shadow evaluation failed: %s", task.exception())
 
-    async def _predictions(self, features: FloatMatrix, models: tuple[str, ...] | None) -> Any:
-        """Every candidate's classes for the batch, or None after counting why not."""
-        response = self.candidates.shadow.remote((features, models))
+    async def _predictions(
+        self,
+        features: FloatMatrix,
+        models: tuple[str, ...] | None,
+        columns: tuple[int, ...] | None = None,
+    ) -> Any:
+        """Every candidate's (or the `columns'`) classes for the batch, or None after
+        counting why not."""
+        response = self.candidates.shadow.remote((features, models, columns))
         try:
             result = await asyncio.wait_for(awaited(response), self.timeout_s)
         except TimeoutError:
@@ -159,15 +167,26 @@ class ShadowEvaluator:
         rng: np.random.Generator,
     ) -> None:
         models = None if self.models is None else tuple(self.models())
-        result = await self._predictions(features, models)
-        if result is None:
-            return
-        predictions = np.asarray(result, dtype=np.int64)
-        self.counters.inc("model_evaluations", "shadow", value=predictions.size)
+        current = None if self.selection is None else self.selection()
+        columns = None
+        if current is not None and models is not None and current.meta.models == models:
+            columns = rules.active_columns(current, active_size(knobs))
+        if columns is None or current is None or models is None:
+            result = await self._predictions(features, models)
+            if result is None:
+                return
+            predictions = np.asarray(result, dtype=np.int64)
+            batch = Batch(item_ids, predictions, features, models)
+            self.counters.inc("model_evaluations", "shadow", value=predictions.size)
+        else:
+            checked = await self._active_batch(current, features, item_ids, models, columns,
+                                               knobs, rng)  # fmt: skip
+            if checked is None:
+                return
+            batch, predictions = checked, checked.predictions
         faults = int((predictions == NO_CLASS).sum())
         if faults:
             self.counters.inc("errors", "nonfinite", value=faults)
-        batch = Batch(item_ids, predictions, features, models)
         monitor = None
         if knobs.drift_action != "off":
             monitor = DriftConfig(knobs.drift_window, knobs.drift_alpha, self.n_classes)
@@ -181,6 +200,42 @@ class ShadowEvaluator:
         self.counters.inc("shadow_items", "done", value=len(features))
         if observed.drift is not None:
             await self._drifted(observed.drift, knobs)
+
+    async def _active_batch(
+        self,
+        current: Selection,
+        features: FloatMatrix,
+        item_ids: list[str],
+        models: tuple[str, ...],
+        columns: tuple[int, ...],
+        knobs: RuntimeKnobs,
+        rng: np.random.Generator,
+    ) -> Batch | None:
+        """The large-pool mode: the active set runs on every item, q and the coins are
+        decided over it (from this replica's last known selection: a past state, so q is
+        still decided before the coin), and the items the coins chose run through every
+        other candidate before they are queued (the label check), so a label moves every
+        candidate's loss at once. Columns not run stay NOT_EVALUATED."""
+        active = await self._predictions(features, models, columns)
+        if active is None:
+            return None
+        active = np.asarray(active, dtype=np.int64)
+        q, coins = rules.decide_active(current, active, columns, knobs.gamma, rng)
+        predictions = np.full((len(features), len(models)), NOT_EVALUATED, dtype=np.int64)
+        predictions[:, list(columns)] = active
+        rest = tuple(i for i in range(len(models)) if i not in set(columns))
+        chosen = np.flatnonzero(coins)
+        self.counters.inc("model_evaluations", "shadow", value=active.size)
+        if chosen.size:
+            checked = await self._predictions(features[chosen], models, rest)
+            if checked is None:
+                return None
+            predictions[np.ix_(chosen, np.array(rest, dtype=np.intp))] = np.asarray(
+                checked, dtype=np.int64
+            )
+            self.counters.inc("model_evaluations", "labeling", value=chosen.size * len(rest))
+        return Batch(item_ids, predictions, features, models, decided=(q, coins),
+                     columns=columns)  # fmt: skip
 
     async def _drifted(self, evidence: dict[str, Any], knobs: RuntimeKnobs) -> None:
         logger.warning("drift in round %s (action %s): %s", evidence["round"],

@@ -108,12 +108,17 @@ def compare_windows(reference: Window, current: Window, alpha: float) -> dict[st
 
 
 def observe(
-    monitor: Monitor, predictions: npt.NDArray[np.int64], config: DriftConfig, step: int
+    monitor: Monitor,
+    predictions: npt.NDArray[np.int64],
+    config: DriftConfig,
+    step: int,
+    disagreement: bool = True,
 ) -> tuple[Monitor, dict[str, Any] | None]:
     """Count a batch (items × models) into the windows; when the current window fills,
     test it. Returns the new monitor and the evidence of a detected drift (or None).
-    `step` is the picker's step before the batch, recorded with the evidence."""
-    disagree = (predictions != predictions[:, :1]).any(axis=1)
+    `step` is the picker's step before the batch, recorded with the evidence. Without
+    `disagreement` no item counts as disagreed on (that test then says nothing)."""
+    disagree = (predictions != predictions[:, :1]).any(axis=1) & disagreement
     watched = predictions[:, monitor.model]
     evidence = None
     start = 0

@@ -131,3 +131,24 @@ def test_inside_the_cluster_the_builder_fails_with_the_line(
     assert last.startswith("service.app.StartupError: "), last
     for fragment in fragments:
         assert fragment in last, (fragment, last)
+
+
+@pytest.mark.parametrize(
+    ("active", "fragment"),
+    [
+        ("3", "active_models 3 exceeds the pool's 2 candidates"),
+        ("1", "active_models: Value error, must be a whole number from 2"),
+    ],
+)
+def test_an_active_set_the_pool_cannot_fill_stops_the_start_with_one_line(
+    tmp_path: Path, active: str, fragment: str
+) -> None:
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    path = bad_pools._pool(folder, "{name: twin, sklearn: good.joblib}")
+    env = dict(environment(tmp_path / "state"), PICKSERVE_KNOBS__ACTIVE_MODELS=active)
+    result = run([sys.executable, "-m", "service", "--pool", str(path), "--port",
+                  str(free_port())], env)  # fmt: skip
+    lines = own_lines(result.stderr)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines

@@ -16,12 +16,14 @@ come in as arguments. The math is the picker's (`picker.decide_queries`, `cap_qu
 One module per family of transitions: `documents` (the documents, their keys, reading
 them), `keys` (idempotency keys), `observe` (shadow evaluation of live items), `labels`
 (leases and labels), `rounds` (rounds, budgets, the selector), `swaps` (swaps and the
-canary), `candidates` (candidates added or removed at run time). This package names them
+canary), `candidates` (candidates added or removed at run time), `active` (the large-pool
+mode's active set). This package names them
 all, so a caller writes `rules.apply_label`.
 """
 
 from __future__ import annotations
 
+from service.state.rules.active import active_columns, decide_active, round_order
 from service.state.rules.documents import (
     ACCEPTED_COUNTER,
     COUNTERS,
@@ -109,6 +111,7 @@ __all__ = [
     "RoundRecord",
     "Selection",
     "Tally",
+    "active_columns",
     "advance",
     "answering_key",
     "apply_config_budget",
@@ -120,6 +123,7 @@ __all__ = [
     "canary_share",
     "change_record",
     "check_pool",
+    "decide_active",
     "hold_items",
     "initialise",
     "item_key",
@@ -135,6 +139,7 @@ __all__ = [
     "queue_key",
     "renew_leases",
     "rollback",
+    "round_order",
     "selection",
     "set_budget",
     "swap",

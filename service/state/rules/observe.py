@@ -60,6 +60,11 @@ class Batch:
     predictions: npt.NDArray[np.int64]
     instances: npt.NDArray[np.float64]
     models: Sequence[str] | None = None  # the candidates the columns are (None: unchecked)
+    # The large-pool mode (`rules.active`): each row's q and coin, decided over the active
+    # `columns` before the batch came here; the rows the coins chose hold every
+    # candidate's prediction, the others NOT_EVALUATED outside the active columns.
+    decided: tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]] | None = None
+    columns: Sequence[int] | None = None
 
 
 def observe_batch(
@@ -128,10 +133,14 @@ def _choose(
         room = max(0, pool_max_items - picker.queries)
         chosen = np.flatnonzero(fresh & disagreeing(batch.predictions))[:room]
         return np.ones(len(batch.item_ids)), chosen
-    decisions = decide_queries(
-        picker.loss_array, picker.step + 1, batch.predictions, gamma, None, rng
-    )
-    return decisions.q, np.flatnonzero(cap_queries(decisions.query & fresh, picker.queries_left))
+    if batch.decided is not None:
+        q, coins = batch.decided
+    else:
+        decisions = decide_queries(
+            picker.loss_array, picker.step + 1, batch.predictions, gamma, None, rng
+        )
+        q, coins = decisions.q, decisions.query
+    return q, np.flatnonzero(cap_queries(coins & fresh, picker.queries_left))
 
 
 def _watch_drift(
@@ -140,7 +149,14 @@ def _watch_drift(
     """The round's drift monitor counts the batch; evidence when it found a change."""
     picker = current.picker
     monitor = current.tally.monitor or Monitor.start(current.served, config.n_classes)
-    monitor, evidence = drift.observe(monitor, batch.predictions, config, picker.step)
+    # In the large-pool mode only the active columns ran on every row, and the active set
+    # moves with the losses: its disagreement rate is not comparable between windows, so
+    # the monitor counts the watched model's classes alone there.
+    large = batch.columns is not None
+    if large and monitor.model not in set(batch.columns or ()):
+        return tally, None  # the watched model did not run on this batch (a new round began)
+    monitor, evidence = drift.observe(monitor, batch.predictions, config, picker.step,
+                                      disagreement=not large)  # fmt: skip
     if evidence is not None:
         evidence = {**evidence, "round": picker.round,
                     "watched_model": current.meta.models[monitor.model]}  # fmt: skip
