@@ -38,28 +38,25 @@ def _positive(kind: type[int] | type[float]) -> Any:
     return parse
 
 
-def _active_models(text: str) -> int | None:
-    if text == "all":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'all'") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"the active set needs at least 2 models, got {value}")
-    return value
+def _number_or(word: str, convert: type, low: float, high: float, what: str) -> Any:
+    """An argparse type: `word` (None), or a number in [low, high]."""
+
+    def parse(text: str) -> Any:
+        if text == word:
+            return None
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor {word!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what}, got {text}")
+        return value
+
+    return parse
 
 
-def _delta(text: str) -> float | None:
-    if text == "off":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'off'") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"delta must be in (0, 1), got {text}")
-    return value
+_active_models = _number_or("all", int, 2, float("inf"), "the active set needs at least 2 models")
+_delta = _number_or("off", float, 1e-300, 1 - 1e-16, "delta must be in (0, 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
