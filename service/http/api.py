@@ -186,3 +186,8 @@ class RouterBase:
     def selection(self) -> Selection:
         assert self.runtime.selection is not None  # read in __init__
         return self.runtime.selection
+
+    @property
+    def priors(self) -> dict[str, float]:
+        """The pool file's `prior` of each candidate that has one."""
+        return {c.name: c.prior for c in self.pool.candidates if c.prior is not None}

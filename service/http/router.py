@@ -106,7 +106,7 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
             candidates, self.state, self.runtime.run_store, self.runtime.counters,
             settings.shadow_max_in_flight, settings.shadow_batch_size,
             settings.shadow_batch_wait_s, self._shadow_timeout_s(), len(self.pool.class_names),
-            lambda: self.names, lambda: self.runtime.selection,
+            lambda: self.names, lambda: self.runtime.selection, lambda: self.priors,
         )  # fmt: skip
 
     def _shadow_timeout_s(self) -> float:

@@ -179,6 +179,10 @@ class Selection(Strict):
     served_model: str = Field(..., description="the model answering clients")
     selection_version: int = Field(..., ge=0, description="bumps on every hot swap")
     swaps: list[SwapRecord] = Field(..., description="recent swaps, oldest first")
+    active_models: list[str] | None = Field(
+        None, description="the candidates each shadow item runs on now, in the large-pool "
+        "mode (knob active_models; admins only; null: every candidate, or not an admin)",
+    )  # fmt: skip
 
 
 class RoundRecord(Strict):

@@ -11,9 +11,12 @@ from service.http import schemas
 from service.state.rules import RoundRecord, Selection
 
 
-def selection_view(selection: Selection, full: bool) -> schemas.Selection:
+def selection_view(
+    selection: Selection, full: bool, active: Sequence[int] | None = None
+) -> schemas.Selection:
     picker, names = selection.picker, selection.tally.model_names(selection.model_names)
     served = selection.model_names[selection.served]
+    shown = [selection.model_names[i] for i in active] if full and active is not None else None
     return schemas.Selection(
         round=picker.round, step=picker.step if full else None, queries=picker.queries,
         labels=picker.labels, label_budget=picker.budget,
@@ -23,6 +26,7 @@ def selection_view(selection: Selection, full: bool) -> schemas.Selection:
         best_model=names[selection.best] if full else None,
         served_model=served, selection_version=selection.version,
         swaps=[schemas.SwapRecord.model_validate(s) for s in selection.swaps],
+        active_models=shown,
     )  # fmt: skip
 
 

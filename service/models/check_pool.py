@@ -122,6 +122,10 @@ def _size(n_bytes: int | None) -> str:
     return "?" if n_bytes is None else f"{n_bytes / 2**20:.1f} MiB"
 
 
+def _prior(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
 def report(
     console: Console,
     spec: PoolSpec,
@@ -130,8 +134,9 @@ def report(
     labels: npt.NDArray[np.int64] | None,
 ) -> None:
     table = Table(title=f"{len(rows)} of {len(spec.candidates)} candidates load")
-    for column in ("name", "kind", "classes", "load", "memory", "latency / item"):
+    for column in ("name", "kind", "classes", "prior", "load", "memory", "latency / item"):
         table.add_column(column, justify="left" if column in ("name", "kind") else "right")
+    priors = {c.name: c.prior for c in spec.candidates}
     predictions = None
     if data is not None and rows:
         pool = LoadedPool(spec, [r.candidate for r in rows])
@@ -141,7 +146,8 @@ def report(
     for index, row in enumerate(rows):
         cells = [
             row.candidate.name, row.candidate.kind, coverage(row.candidate, spec.class_names),
-            f"{row.load_s * 1000:.0f} ms", _size(row.memory_bytes),
+            _prior(priors.get(row.candidate.name)), f"{row.load_s * 1000:.0f} ms",
+            _size(row.memory_bytes),
             f"{row.latency_s * 1e6:.1f} µs",
         ]  # fmt: skip
         if labels is not None and predictions is not None:

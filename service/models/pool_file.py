@@ -85,6 +85,11 @@ class CandidateSpec(BaseModel):
         None, pattern=r"^[\w.]+:[\w]+$", max_length=256,
         description="module:factory, the module in the pool folder or python_path",
     )  # fmt: skip
+    prior: float | None = Field(
+        None, ge=0, le=1,
+        description="an offline score in [0, 1], higher is better (a validation accuracy): "
+        "the large-pool mode's first active set of a round ranks candidates by it",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def exactly_one_source(self) -> CandidateSpec:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,9 +71,11 @@ class ShadowEvaluator:
         n_classes: int = 2,
         models: Callable[[], Sequence[str]] | None = None,
         selection: Callable[[], Selection | None] | None = None,
+        priors: Callable[[], Mapping[str, float]] | None = None,
     ) -> None:
         self.candidates, self.live, self.run_store = candidates, live, run_store
         self.n_classes, self.models, self.selection = n_classes, models, selection
+        self.priors = priors
         self.counters, self.max_in_flight = counters, max_in_flight
         self.batch_size, self.wait_s, self.timeout_s = batch_size, wait_s, timeout_s
         self.in_flight = 0
@@ -170,7 +172,8 @@ class ShadowEvaluator:
         current = None if self.selection is None else self.selection()
         columns = None
         if current is not None and models is not None and current.meta.models == models:
-            columns = rules.active_columns(current, active_size(knobs))
+            priors = None if self.priors is None else self.priors()
+            columns = rules.active_columns(current, active_size(knobs), priors)
         if columns is None or current is None or models is None:
             result = await self._predictions(features, models)
             if result is None:

@@ -45,9 +45,9 @@ def test_the_checker_table_on_the_demo_pool(demo: DemoData, tmp_path: Path) -> N
     assert "10 of 10 candidates load" in plain.stdout
     for name in pool.names:
         row = cells(plain.stdout, name)
-        assert row[1] == "sklearn" and row[2] == "all 10"
-        assert re.fullmatch(r"\d+ ms", row[3]) and re.fullmatch(r"\d+\.\d MiB", row[4])
-        assert re.fullmatch(r"\d+\.\d µs", row[5]) and float(row[5].split()[0]) > 0
+        assert row[1] == "sklearn" and row[2] == "all 10" and row[3] == "—"  # no prior
+        assert re.fullmatch(r"\d+ ms", row[4]) and re.fullmatch(r"\d+\.\d MiB", row[5])
+        assert re.fullmatch(r"\d+\.\d µs", row[6]) and float(row[6].split()[0]) > 0
 
     full = check_pool(str(demo.pool_file), "--data", str(tmp_path / "X.npy"),
                       "--labels", str(tmp_path / "y.npy"))  # fmt: skip
@@ -55,7 +55,7 @@ def test_the_checker_table_on_the_demo_pool(demo: DemoData, tmp_path: Path) -> N
     predictions = pool.predict_all(features)
     for index, name in enumerate(pool.names):
         accuracy = np.mean(predictions[:, index] == labels)
-        assert cells(full.stdout, name)[6] == f"{accuracy:.3f}"
+        assert cells(full.stdout, name)[7] == f"{accuracy:.3f}"
         agreement = cells(full.stdout, f"{index + 1} {name}")[1:]
         expected = [np.mean(predictions[:, index] == predictions[:, j]) for j in range(10)]
         assert agreement == [f"{share:.2f}" for share in expected]
@@ -84,3 +84,13 @@ def test_the_checker_reports_every_failing_candidate(tmp_path: Path) -> None:
     assert len(errors) == 2
     assert "candidate 'lost'" in errors[0] and "no such file" in errors[0]
     assert "candidate 'rule'" in errors[1] and "cannot import module" in errors[1]
+
+
+def test_the_checker_shows_each_candidates_prior(tmp_path: Path) -> None:
+    path = bad_pools._pool(tmp_path, "{name: twin, sklearn: good.joblib, prior: 0.75}")
+    shown = check_pool(str(path))
+    assert shown.returncode == 0, shown.stderr
+    assert cells(shown.stdout, "twin")[3] == "0.750" and cells(shown.stdout, "good")[3] == "—"
+    path.write_text(path.read_text().replace("prior: 0.75", "prior: 1.5"))
+    refused = check_pool(str(path))
+    assert refused.returncode == 2 and "prior" in refused.stderr, refused.stderr

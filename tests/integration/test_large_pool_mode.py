@@ -5,10 +5,17 @@ the stream's best with no failed request."""
 
 from __future__ import annotations
 
+import time
+
+import httpx
+import ray
+
 from service.models.demo_data import DemoData
 from service.tools.demo import drive
 from tests.integration.conftest import Deploy
 from tests.integration.test_serving_path import metric
+from tests.integration.test_state_over_http import router_replicas
+from tests.redis_server import RedisServer
 
 ACTIVE = 3
 
@@ -45,9 +52,45 @@ def test_shadow_runs_the_active_set_and_queued_items_run_through_the_rest(
             break
         client.post("/v1/predict", json={"instances": demo.stream_features[:64].tolist()})
     assert items
+    assert active_shown(client) is not None
     for item in items:
         assert len(item["predictions"]) == models
         assert all(0 <= c < 10 for c in item["predictions"].values())
     print(f"\nlarge-pool mode: {progress.items_served} items, {progress.labels_posted} labels, "
           f"{per_item:.2f} evaluations per shadow item; every candidate: {full.items_served} "
           f"items, {full.labels_posted} labels, {models} evaluations per item")  # fmt: skip
+
+
+def active_shown(client: httpx.Client) -> list[str] | None:
+    answer = client.get("/v1/selection")
+    assert answer.status_code == 200, answer.text
+    shown: list[str] | None = answer.json()["active_models"]
+    return shown
+
+
+def test_the_active_set_survives_a_replica_kill_and_a_redis_restart(
+    deploy: Deploy, demo: DemoData, redis_server: RedisServer
+) -> None:
+    """Nothing about the active set is stored: it follows from the stored losses, so
+    after the router replica is killed and Redis restarts, the new replica shows the same
+    set (the lowest losses with the served model) and the gauge its size."""
+    client = deploy(active_models=ACTIVE, shadow_rate=1.0, gamma=1.0, seed=5)
+    drive(client, demo, "no-such-model", max_items=600, stream="moved")
+    selection = client.get("/v1/selection").json()
+    before = active_shown(client)
+    assert before is not None and len(before) == ACTIVE
+    assert selection["served_model"] in before
+    losses = selection["losses"]
+    leaders = sorted(losses, key=lambda name: losses[name])[: ACTIVE - 1]
+    assert set(leaders) - {selection["served_model"]} <= set(before)
+    assert metric(client.get("/metrics").text, "pickserve_active_models") == ACTIVE
+    (name,) = router_replicas()
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    redis_server.stop(kill=True)
+    redis_server.start()
+    deadline = time.monotonic() + 60
+    while router_replicas() in ([], [name]) or client.get("/v2/health/ready").status_code != 200:
+        assert time.monotonic() < deadline, "the replica was not replaced"
+        time.sleep(0.5)
+    assert client.get("/v1/selection").json()["losses"] == losses
+    assert active_shown(client) == before

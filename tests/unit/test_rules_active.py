@@ -6,11 +6,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from picker import PickerState, learning_rates, posterior
 from picker.large_pool import active_query_probability
+from service.config.knobs import RuntimeKnobs
+from service.models.pool_file import CandidateSpec
 from service.state.drift import DriftConfig, Monitor
-from service.state.rules import Batch, Meta, Selection, Tally, active_columns, decide_active
+from service.state.rules import (
+    Batch,
+    Meta,
+    Selection,
+    Tally,
+    active_columns,
+    decide_active,
+    round_order,
+)
 from service.state.rules.observe import observe_batch
 from service.state.store.base import Retention
 
@@ -106,3 +117,29 @@ def test_the_drift_monitor_counts_the_watched_model_alone_in_the_large_pool_mode
     txn, _ = observe_batch("op", current, set(), elsewhere, 1.0, np.random.default_rng(0), 0.0,
                            Retention(), config)  # fmt: skip
     assert txn is not None and txn.put["tally:0"].value["monitor"]["reference"] == [0, 0, 0, 0]
+
+
+def test_a_rounds_first_active_set_is_recalled_by_the_pool_files_priors() -> None:
+    fresh = selection(losses=(0.0,) * 8, served=0)
+    priors = {"m5": 0.9, "m2": 0.7, "m6": 0.8}
+    assert active_columns(fresh, 3, priors) == (0, 5, 6)  # the served model, then the best two
+    order = round_order(NAMES, 4, priors)
+    assert list(np.argsort(order)[:3]) == [5, 6, 2]
+    assert sorted(order.tolist()) == [i / 8 for i in range(8)]
+    # once labels have moved the losses, the losses decide (a prior only orders ties)
+    assert active_columns(selection(), 3, priors) == (1, 3, 5)
+
+
+def test_a_prior_outside_zero_one_is_refused_with_the_field_named() -> None:
+    for bad in (-0.1, 1.5, "high"):
+        with pytest.raises(ValidationError, match="prior"):
+            CandidateSpec(name="a", sklearn="a.joblib", prior=bad)
+    assert CandidateSpec(name="a", sklearn="a.joblib", prior=0.75).prior == 0.75
+
+
+def test_the_knob_takes_a_number_from_two_auto_or_all() -> None:
+    for good in (2, 50, "auto", "all", "7"):
+        RuntimeKnobs(active_models=good)
+    for bad in (1, 0, -3, "some", 2.5, True):
+        with pytest.raises(ValidationError, match="a whole number from 2"):
+            RuntimeKnobs(active_models=bad)

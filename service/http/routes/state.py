@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily
 
+from service.config.knobs import active_size
 from service.http import schemas
 from service.http.api import (
     ADMIN,
@@ -23,7 +24,9 @@ from service.http.auth import Caller
 from service.http.views import round_view, selection_view
 from service.replica.metrics import gauge, render
 from service.replica.shadow import paced_rate
+from service.state import rules
 from service.state.live import RoundNotKeptError, new_op
+from service.state.rules import Selection
 from service.state.store.base import StoreError
 
 
@@ -63,7 +66,7 @@ class StateRoutes(RouterBase):
             ) from error
         except StoreError as error:
             raise unavailable(error, "the selection") from error
-        return selection_view(selection, full)
+        return selection_view(selection, full, self._active(selection))
 
     @api.post("/v1/rounds", response_model=schemas.Selection)
     async def new_round(
@@ -133,8 +136,16 @@ class StateRoutes(RouterBase):
             raise unavailable(error, "rounds") from error
         return await self._selection_response()
 
+    def _active(self, selection: Selection) -> tuple[int, ...] | None:
+        """The large-pool mode's active set for this selection (None: every candidate)."""
+        return rules.active_columns(selection, active_size(self.knobs), self.priors)
+
     def _replica_gauges(self) -> list[Any]:
         rate = paced_rate(self.knobs, self.runtime.waiting)
+        active = self._active(self.selection)
+        running = gauge("active_models", "Candidates each shadow item runs on now (the "
+                        "large-pool mode's active set; every candidate outside it)",
+                        float(len(self.names) if active is None else len(active)))  # fmt: skip
         meaning = ("Share of served items sampled for shadow evaluation now (shadow_rate, or "
                    "the trickle while the label queue is full)")  # fmt: skip
         healthy = GaugeMetricFamily(
@@ -144,7 +155,7 @@ class StateRoutes(RouterBase):
         )  # fmt: skip
         for name in self.names:
             healthy.add_metric([name], float(self.server.health.healthy(name)))
-        return [gauge("shadow_rate", meaning, rate), healthy]
+        return [gauge("shadow_rate", meaning, rate), running, healthy]
 
     @api.get("/metrics")
     async def metrics(self, caller: Caller | None = OPTIONAL_CALLER) -> Response:

@@ -13,7 +13,7 @@ always evaluated)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -23,22 +23,35 @@ from picker.large_pool import active_query_probability, active_set
 from service.state.rules.documents import Selection
 
 
-def round_order(models: Sequence[str], round_number: int) -> npt.NDArray[np.float64]:
-    """Each candidate's tie order in [0, 1) for this round: the same on every replica."""
-    digests = (hashlib.blake2b(f"{round_number}:{name}".encode(), digest_size=8).digest()
-               for name in models)  # fmt: skip
-    return np.array([int.from_bytes(d, "big") / 2.0**64 for d in digests])
+def round_order(
+    models: Sequence[str], round_number: int, priors: Mapping[str, float] | None = None
+) -> npt.NDArray[np.float64]:
+    """Each candidate's tie order in [0, 1) for this round, the same on every replica:
+    candidates with a `prior` (the pool file's) first, the highest first; then the rest,
+    in an order drawn per round from their names. Before the round's first label every
+    loss is 0, so this order is the round's first active set (the recall)."""
+    priors = priors or {}
+    digests = [hashlib.blake2b(f"{round_number}:{name}".encode(), digest_size=8).digest()
+               for name in models]  # fmt: skip
+    keys = [(name not in priors, -priors.get(name, 0.0), int.from_bytes(digest, "big"))
+            for name, digest in zip(models, digests, strict=True)]  # fmt: skip
+    rank = sorted(range(len(models)), key=lambda i: keys[i])
+    order = np.empty(len(models))
+    order[rank] = np.arange(len(models)) / len(models)
+    return order
 
 
-def active_columns(selection: Selection, size: int | None) -> tuple[int, ...] | None:
+def active_columns(
+    selection: Selection, size: int | None, priors: Mapping[str, float] | None = None
+) -> tuple[int, ...] | None:
     """The candidates a shadow batch runs now, in pool order; None for every candidate
     (no `size`, a pool of at most `size`, or a pool-based round, which ranks its pool by
-    every candidate's predictions)."""
+    every candidate's predictions). `priors`: the pool file's, by candidate name."""
     models = selection.meta.models
     if size is None or len(models) <= size or selection.pooled:
         return None
     losses = selection.picker.loss_array
-    order = round_order(models, selection.picker.round)
+    order = round_order(models, selection.picker.round, priors)
     chosen = set(active_set(losses[None, :], size, order[None, :])[0].tolist())
     needed = {selection.served}
     if selection.tally.monitor is not None:
