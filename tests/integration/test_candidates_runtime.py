@@ -146,6 +146,13 @@ def test_a_candidate_that_cannot_load_is_refused_and_changes_nothing(
     assert taken.status_code == 409
     malformed = client.post("/v1/candidates", json={"name": "two", "sklearn": "a", "onnx": "b"})
     assert malformed.status_code == 422
+    lda = next(line for line in text.splitlines() if "lda" in line)
+    source = lda.split("sklearn:")[1].strip(" }")
+    for prior in (1.5, -0.2):
+        odd = client.post(
+            "/v1/candidates", json={"name": "lda2", "sklearn": source, "prior": prior}
+        )
+        assert odd.status_code == 422 and "prior" in odd.text, odd.text
     assert client.get("/v1/selection").json() == before and pool.read_text() == text
     assert client.delete("/v1/candidates/lda").status_code == 200
     last_two = client.delete("/v1/candidates/logreg")
