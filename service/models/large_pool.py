@@ -14,13 +14,14 @@ candidate can be rebuilt alone and compared with the recorded matrix:
   (none for most; up to 40 %).
 
 The stream's prediction matrix (5,000 × 1,000) and its labels are what replays need
-(`predictions`). Serving the fitted models is for the service's large-pool mode, which is
-not built yet.
+(`predictions`). `write_pool` writes the fitted candidates and a pool file for the service
+(`benchmarks/large_pool_service.py` serves them in the large-pool mode).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -133,3 +134,23 @@ def predictions(indices: range | list[int]) -> tuple[np.ndarray, np.ndarray]:
     train_x, train_y, stream_x, stream_y = dataset()
     columns = [fit(recipe(i), train_x, train_y).predict(stream_x) for i in indices]
     return np.stack(columns, axis=1).astype(np.int8), stream_y.astype(np.int8)
+
+
+def write_pool(folder: Path, count: int = N_CANDIDATES) -> Path:
+    """The first `count` candidates, fitted, as joblib files in `folder`/models and a pool
+    file beside them (kept: a folder that already holds them is reused)."""
+    import joblib
+
+    pool_file = folder / "pool.yaml"
+    names = [recipe(i).name for i in range(count)]
+    lines = [f"  - {{name: {name}, sklearn: models/{name}.joblib}}\n" for name in names]
+    text = (f"n_features: {N_FEATURES}\nclasses: {N_CLASSES}\ncandidates:\n"
+            + "".join(lines))  # fmt: skip
+    if pool_file.is_file() and pool_file.read_text() == text:
+        return pool_file
+    (folder / "models").mkdir(parents=True, exist_ok=True)
+    train_x, train_y, _, _ = dataset()
+    for index, name in enumerate(names):
+        joblib.dump(fit(recipe(index), train_x, train_y), folder / "models" / f"{name}.joblib")
+    pool_file.write_text(text)
+    return pool_file

@@ -30,10 +30,12 @@ PREFIX = "pickserve_"
 COUNTERS = {
     "requests": ("Inference requests answered, by served model", ("model",)),
     "items_served": ("Items answered, by served model", ("model",)),
-    "shadow_items": ("Items run through every candidate, by outcome (done, shed)", ("outcome",)),
+    "shadow_items": ("Items sampled for shadow evaluation, by outcome (done, shed)", ("outcome",)),
     "model_evaluations": (
         "Model evaluations (one model on one item), by purpose: served (answering a client, "
-        "failed attempts included), shadow (shadow evaluation, every candidate an item)",
+        "failed attempts included), shadow (shadow evaluation: every candidate, or the "
+        "active set, on each item), labeling (the other candidates on the items queued for "
+        "labels, in the large-pool mode)",
         ("purpose",),
     ),
     "queries": ("Items the picker queued for labeling", ()),
