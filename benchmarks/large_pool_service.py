@@ -2,7 +2,7 @@
 resident memory per replica, predict p50 against the demo pool in the same run, model
 evaluations per shadow item, and the loop converging on the stream's best.
 
-    python benchmarks/large_pool_service.py                  # about 10 minutes here
+    python benchmarks/large_pool_service.py --max-items 200000   # 15 minutes here
     python benchmarks/large_pool_service.py --json benchmarks/results/large_pool_service.json
 
 In one Ray instance it serves the demo pool (10 candidates) and the large pool (1,000,
