@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,10 @@ def _positive(kind: type[int] | type[float]) -> Any:
     return parse
 
 
-def _number_or(word: str, convert: type, low: float, high: float, what: str) -> Any:
-    """An argparse type: `word` (None), or a number in [low, high]."""
+def _number_or(
+    word: str, convert: type, valid: Callable[[Any], bool], what: str
+) -> Callable[[str], Any]:
+    """An argparse type: `word` (None), or a number for which `valid` holds."""
 
     def parse(text: str) -> Any:
         if text == word:
@@ -48,15 +50,15 @@ def _number_or(word: str, convert: type, low: float, high: float, what: str) -> 
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor {word!r}") from None
-        if not low <= value <= high:
+        if not valid(value):
             raise argparse.ArgumentTypeError(f"{what}, got {text}")
         return value
 
     return parse
 
 
-_active_models = _number_or("all", int, 2, float("inf"), "the active set needs at least 2 models")
-_delta = _number_or("off", float, 1e-300, 1 - 1e-16, "delta must be in (0, 1)")
+_active_models = _number_or("all", int, lambda k: k >= 2, "the active set needs at least 2 models")
+_delta = _number_or("off", float, lambda d: 0.0 < d < 1.0, "delta must be in (0, 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from picker import DEFAULT_GAMMA
 from picker.large_pool import DEFAULT_ACTIVE_MODELS
 
+MOST_ACTIVE = 1_000_000  # the largest active set the knob takes
+
 
 class Strict(BaseModel):
     """A model that refuses unknown fields."""
@@ -50,7 +52,7 @@ class RuntimeKnobs(Strict):
         "pool, the queue is handed out in the order of a calibrated belief re-ranked after "
         "every label); a change starts a new round",
     )
-    active_models: Annotated[int, Field(ge=2, le=1_000_000)] | Literal["auto", "all"] = Field(
+    active_models: Annotated[int, Field(ge=2, le=MOST_ACTIVE)] | Literal["auto", "all"] = Field(
         "auto",
         description="selector modelpicker, large pools: candidates run on every shadow item "
         "(the active set: the lowest losses, with the served model); the picker's queued "
@@ -67,9 +69,9 @@ class RuntimeKnobs(Strict):
             return value
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 1_000_000:
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= MOST_ACTIVE:
             raise ValueError(
-                f"must be a whole number from 2 to 1000000, auto or all; got {value!r}"
+                f"must be a whole number from 2 to {MOST_ACTIVE}, auto or all; got {value!r}"
             )
         return value
 

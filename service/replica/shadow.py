@@ -226,7 +226,8 @@ class ShadowEvaluator:
         q, coins = rules.decide_active(current, active, columns, knobs.gamma, rng)
         predictions = np.full((len(features), len(models)), NOT_EVALUATED, dtype=np.int64)
         predictions[:, list(columns)] = active
-        rest = tuple(i for i in range(len(models)) if i not in set(columns))
+        active_set = set(columns)
+        rest = tuple(i for i in range(len(models)) if i not in active_set)
         chosen = np.flatnonzero(coins)
         self.counters.inc("model_evaluations", "shadow", value=active.size)
         if chosen.size:
