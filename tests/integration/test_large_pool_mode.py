@@ -33,7 +33,7 @@ def test_shadow_runs_the_active_set_and_queued_items_run_through_the_rest(
     assert models > ACTIVE and client.get("/v1/selection").json()["served_model"] != target
     progress = drive(client, demo, target, max_items=12_000, stream="moved")
     assert progress.selection["served_model"] == target  # posterior >= 0.9, no request failed
-    text = client.get("/metrics").text
+    text = quiet_metrics(client)
     done = metric(text, 'pickserve_shadow_items_total{outcome="done"}')
     shadow = metric(text, 'pickserve_model_evaluations_total{purpose="shadow"}')
     checks = metric(text, 'pickserve_model_evaluations_total{purpose="labeling"}')
@@ -59,6 +59,24 @@ def test_shadow_runs_the_active_set_and_queued_items_run_through_the_rest(
     print(f"\nlarge-pool mode: {progress.items_served} items, {progress.labels_posted} labels, "
           f"{per_item:.2f} evaluations per shadow item; every candidate: {full.items_served} "
           f"items, {full.labels_posted} labels, {models} evaluations per item")  # fmt: skip
+
+
+def quiet_metrics(client: httpx.Client, timeout_s: float = 60.0) -> str:
+    """/metrics once no shadow batch is in flight: the traffic has stopped, so the
+    shadow counters stop moving when the last batches (up to max_in_flight of them,
+    evaluated but not yet observed) are written. Read before that, evaluations count
+    items that `done` does not count yet."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        text = client.get("/metrics").text
+        shadow = [line for line in text.splitlines()
+                  if line.startswith(("pickserve_shadow_items_total", "pickserve_model_evaluations_total"))]  # fmt: skip
+        if shadow == last:
+            return text
+        assert time.monotonic() < deadline, "shadow work did not settle"
+        last = shadow
+        time.sleep(1.5)  # three flushes of the replicas' counters (0.5 s apart)
 
 
 def active_shown(client: httpx.Client) -> list[str] | None:
