@@ -44,6 +44,7 @@ from __future__ import annotations
 import numpy as np
 
 from picker.data import Pool
+from picker.elimination import Elimination
 from picker.modelpicker import (
     BoolArray,
     FloatArray,
@@ -129,80 +130,6 @@ def recall_order(
     order = np.empty_like(noise)
     np.put_along_axis(order, rank, np.broadcast_to(np.arange(models) / models, noise.shape), -1)
     return order
-
-
-def bet_sizes(drift: FloatArray, spread: FloatArray, seen: int, eta: float) -> FloatArray:
-    """The predictable bets lambda_t of the elimination test: m / (v + m^2), the bet that
-    maximises growth against increments of mean m and second moment v (estimated from the
-    `seen` items before this one: `drift` = sum of Z, `spread` = sum of Z^2), clipped to
-    [0, eta_t / 2]. Every q is >= eta_t where Z can be non-zero, so |Z| <= 1 / eta_t and
-    1 + lambda Z >= 1/2: the wealth stays positive."""
-    n = max(seen, 1)
-    mean, second = drift / n, spread / n
-    scale = second + mean * mean
-    raw = np.divide(mean, scale, out=np.zeros_like(mean), where=scale > 0)
-    result: FloatArray = np.clip(raw, 0.0, eta / 2.0)
-    return result
-
-
-class Elimination:
-    """The elimination test of every model of every realisation against its leader.
-
-    On an item with label y and query probability q, model i's increment against the
-    leader j (the lowest L before the item, decided before the coin) is
-    Z = z ([f_i(x) != y] - [f_j(x) != y]) / q, which is 0 on items with no label. If the
-    items of a round are drawn i.i.d. (the stationarity that drift detection checks), and
-    model i is the best of the round (no model has a lower expected loss), then
-    E[Z | past] = E_x[loss_i(x) - loss_j(x)] <= 0 for whichever leader j the past chose,
-    because the coin's 1/q cancels its probability q. The wealth W_i = prod (1 + lambda Z)
-    with bets lambda >= 0 decided before the item (`bet_sizes`) is then a nonnegative
-    supermartingale with W_0 = 1, and Ville's inequality bounds the chance it ever reaches
-    1 / delta by delta. So model i leaves the round when W_i >= 1 / delta: the best model
-    leaves with probability at most delta, over the whole round, however often the test
-    is looked at, whichever leader each item had and however small q became (no range
-    term: the bets shrink with eta_t instead). One test per model; only the best model's
-    null hypothesis is true, so no union bound over the pool is needed.
-
-    Every model in the round is evaluated on every labeled item (the label checks), so Z
-    is known for all of them; an eliminated model is not evaluated again."""
-
-    def __init__(self, runs: int, models: int, delta: float) -> None:
-        if not 0.0 < delta < 1.0:
-            raise ValueError(f"the elimination's delta must be in (0, 1), got {delta}")
-        self.threshold = float(np.log(1.0 / delta))
-        self.drift = np.zeros((runs, models))
-        self.spread = np.zeros((runs, models))
-        self.log_wealth = np.zeros((runs, models))
-        self.eliminated_at = np.full((runs, models), -1, dtype=np.int64)  # stream position
-        self.loss_at_exit = np.full((runs, models), np.nan)
-
-    def observe(
-        self,
-        position: int,
-        rows: IntArray,
-        mistakes: FloatArray,
-        q: FloatArray,
-        leaders: IntArray,
-        losses: FloatArray,
-        eta: float,
-    ) -> BoolArray:
-        """Labels on `rows` at this stream position (their `mistakes`, `q` and the leaders
-        chosen before the coin): move each model's evidence, and take out of the round
-        (L = +inf) the models it now says are behind. Returns the models eliminated."""
-        in_round = np.isfinite(losses[rows])
-        z = (mistakes - mistakes[np.arange(rows.size), leaders][:, None]) / q[:, None]
-        z = np.where(in_round, z, 0.0)
-        bets = bet_sizes(self.drift[rows], self.spread[rows], position, eta)
-        self.log_wealth[rows] += np.log1p(bets * z)
-        self.drift[rows] += z
-        self.spread[rows] += z * z
-        out: BoolArray = in_round & (self.log_wealth[rows] >= self.threshold)
-        if out.any():
-            run, model = np.nonzero(out)
-            self.eliminated_at[rows[run], model] = position
-            self.loss_at_exit[rows[run], model] = losses[rows[run], model]
-            losses[rows[run], model] = np.inf
-        return out
 
 
 def run_active_replay(

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from picker import DEFAULT_GAMMA
-from picker.large_pool import DEFAULT_ACTIVE_MODELS
+from picker.large_pool import DEFAULT_ACTIVE_MODELS, DEFAULT_DELTA
 
 MOST_ACTIVE = 1_000_000  # the largest active set the knob takes
 
@@ -74,6 +74,13 @@ class RuntimeKnobs(Strict):
                 f"must be a whole number from 2 to {MOST_ACTIVE}, auto or all; got {value!r}"
             )
         return value
+
+    elimination_delta: Annotated[float, Field(gt=0, lt=1)] | Literal["off"] = Field(
+        DEFAULT_DELTA,
+        description="large-pool mode: a candidate leaves the round once the elimination "
+        "test (a betting test against the leader on the labels) reaches 1/delta; delta is "
+        "the chance that the round's best ever leaves. off: none leaves",
+    )
 
     pool_max_items: int = Field(
         20_000, ge=10, le=1_000_000,
@@ -144,3 +151,12 @@ def active_size(knobs: RuntimeKnobs) -> int | None:
     if knobs.active_models == "auto":
         return DEFAULT_ACTIVE_MODELS
     return knobs.active_models
+
+
+def elimination_level(knobs: RuntimeKnobs, pool_size: int) -> float | None:
+    """The elimination test's delta for a label, or None: only in the large-pool mode
+    (an active set smaller than the pool) and unless the knob says off."""
+    size = active_size(knobs)
+    if size is None or pool_size <= size or knobs.elimination_delta == "off":
+        return None
+    return knobs.elimination_delta

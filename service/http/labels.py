@@ -60,9 +60,11 @@ def apply_labels(
     ttl_s: float,
     done: list[LabelResult],
     by: str = "anonymous",
+    delta: float | None = None,
 ) -> None:
     """Apply labels in order, appending each result to `done` as it is known, so that a
-    store failure part-way leaves the caller with the labels that were decided."""
+    store failure part-way leaves the caller with the labels that were decided (`delta`:
+    the elimination test's level, in the large-pool mode)."""
     for item_id, label in labels:
         op = label_op(request_key, item_id)
-        done.append(live.label(op, item_id, label, now, ttl_s, by))
+        done.append(live.label(op, item_id, label, now, ttl_s, by, delta))

@@ -58,8 +58,10 @@ class QueryItem(Strict):
     item_id: str = Field(..., description="quote it in the label")
     instance: list[float] = Field(..., description="the features, so a person can decide")
     predictions: dict[str, int] | None = Field(
-        None, description="each candidate's predicted class (admins, or when asked for)"
-    )
+        None, description="each candidate's predicted class (admins, or when asked for); "
+        "candidates the elimination test took out of the round before the item was queued "
+        "are not run on it, and not listed",
+    )  # fmt: skip
     q: float | None = Field(
         None, gt=0, le=1, description="probability with which it was queried (admins only)"
     )
@@ -183,6 +185,25 @@ class Selection(Strict):
         None, description="the candidates each shadow item runs on now, in the large-pool "
         "mode (knob active_models; admins only; null: every candidate, or not an admin)",
     )  # fmt: skip
+    eliminated_models: list[str] | None = Field(
+        None, description="candidates the elimination test took out of this round: never "
+        "evaluated or served again in it (large-pool mode; admins only)",
+    )  # fmt: skip
+
+
+class EliminationRecord(Strict):
+    """A candidate the elimination test took out of a round (the large-pool mode)."""
+
+    model: str = Field(..., description="the candidate that left the round")
+    labels: int = Field(..., ge=0, description="the round's labels when it left")
+    step: int = Field(..., ge=0, description="items the picker had seen in the round then")
+    at: float = Field(..., description="unix time it left")
+    item_id: str = Field(..., description="the label that took it out")
+    leader: str = Field(..., description="the candidate it was measured against")
+    wealth: float = Field(..., description="the test's wealth against the leader then")
+    threshold: float = Field(..., description="the wealth at which a candidate leaves: 1/delta")
+    loss: float = Field(..., description="its loss L when it left (it stays so in the round)")
+    leader_loss: float = Field(..., description="the leader's loss L then")
 
 
 class RoundRecord(Strict):
@@ -203,6 +224,11 @@ class RoundRecord(Strict):
         None, description="why it started: null (an operator, or start-up), or the drift "
         "evidence (reason, test, statistics, p-values, windows, step)",
     )  # fmt: skip
+    eliminated: list[EliminationRecord] = Field(
+        default_factory=list,
+        description="candidates the elimination test took out of it (large-pool mode), in "
+        "the order they left",
+    )
 
 
 class RoundsResponse(Strict):

@@ -27,6 +27,7 @@ def selection_view(
         served_model=served, selection_version=selection.version,
         swaps=[schemas.SwapRecord.model_validate(s) for s in selection.swaps],
         active_models=shown,
+        eliminated_models=[e["model"] for e in selection.tally.eliminated] if full else None,
     )  # fmt: skip
 
 
@@ -44,4 +45,5 @@ def round_view(record: RoundRecord, current: Sequence[str]) -> schemas.RoundReco
         best_model=names[record.best],
         swaps=[schemas.SwapRecord.model_validate(s) for s in record.swaps],
         started_by=None if tally.started_by is None else dict(tally.started_by),
+        eliminated=[schemas.EliminationRecord.model_validate(e) for e in tally.eliminated],
     )  # fmt: skip

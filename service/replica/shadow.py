@@ -217,8 +217,8 @@ class ShadowEvaluator:
         """The large-pool mode: the active set runs on every item, q and the coins are
         decided over it (from this replica's last known selection: a past state, so q is
         still decided before the coin), and the items the coins chose run through every
-        other candidate before they are queued (the label check), so a label moves every
-        candidate's loss at once. Columns not run stay NOT_EVALUATED."""
+        candidate still in the round before they are queued (the label check), so a label
+        moves every such candidate's loss at once. Columns not run stay NOT_EVALUATED."""
         active = await self._predictions(features, models, columns)
         if active is None:
             return None
@@ -226,11 +226,10 @@ class ShadowEvaluator:
         q, coins = rules.decide_active(current, active, columns, knobs.gamma, rng)
         predictions = np.full((len(features), len(models)), NOT_EVALUATED, dtype=np.int64)
         predictions[:, list(columns)] = active
-        active_set = set(columns)
-        rest = tuple(i for i in range(len(models)) if i not in active_set)
+        rest = rules.label_check_columns(current, columns)
         chosen = np.flatnonzero(coins)
         self.counters.inc("model_evaluations", "shadow", value=active.size)
-        if chosen.size:
+        if chosen.size and rest:
             checked = await self._predictions(features[chosen], models, rest)
             if checked is None:
                 return None

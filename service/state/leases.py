@@ -154,16 +154,17 @@ class Leases(LiveCore):
 
     def label(
         self, op: str, item_id: str, label: int, now: float, ttl_s: float,
-        by: str = "anonymous",
+        by: str = "anonymous", delta: float | None = None,
     ) -> LabelResult:  # fmt: skip
-        """Apply one label once, recording who gave it (see `rules.apply_label`)."""
+        """Apply one label once, recording who gave it (see `rules.apply_label`; `delta`:
+        the elimination test's level in the large-pool mode)."""
         answer: dict[str, Any] = {}
 
         def attempt() -> tuple[Txn | None, Any]:
             item = self._read(item_key(item_id))
             tally = None if item is None else self._read(tally_key(int(item.value["round"])))
             outcome, detail, txn = rules.apply_label(
-                op, item_id, item, tally, label, now, ttl_s, by
+                op, item_id, item, tally, label, now, ttl_s, by, delta
             )
             answer.update(outcome=outcome, detail=detail)
             return txn, None

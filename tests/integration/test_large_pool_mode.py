@@ -1,13 +1,16 @@
 """The large-pool mode over real Ray Serve (`active_models`), on the demo pool with an
 active set of 3: shadow batches run only the active set, the items the picker queues run
 through every other candidate before a labeler sees them, and the loop still converges on
-the stream's best with no failed request."""
+the stream's best with no failed request. Candidates the elimination test takes out of the
+round are never run, checked or served again in it, and the round says who left and why;
+the active set and the eliminations survive a replica kill and a Redis restart."""
 
 from __future__ import annotations
 
 import time
 
 import httpx
+import pytest
 import ray
 
 from service.models.demo_data import DemoData
@@ -28,7 +31,9 @@ def test_shadow_runs_the_active_set_and_queued_items_run_through_the_rest(
     full = drive(deploy(active_models="all", shadow_rate=1.0, gamma=1.0, seed=5), demo, target,
                  max_items=12_000, stream="moved")  # fmt: skip
     assert full.selection["served_model"] == target
-    client = deploy(active_models=ACTIVE, shadow_rate=1.0, gamma=1.0, seed=5)
+    # elimination off: every candidate stays in the round, so the set is exactly 3 wide
+    client = deploy(active_models=ACTIVE, shadow_rate=1.0, gamma=1.0, seed=5,
+                    elimination_delta="off")  # fmt: skip
     models = len(client.get("/v1/selection").json()["posterior"])
     assert models > ACTIVE and client.get("/v1/selection").json()["served_model"] != target
     progress = drive(client, demo, target, max_items=12_000, stream="moved")
@@ -86,22 +91,63 @@ def active_shown(client: httpx.Client) -> list[str] | None:
     return shown
 
 
+def test_eliminated_candidates_leave_the_round_and_are_never_run_or_served_again(
+    deploy: Deploy, demo: DemoData
+) -> None:
+    target = demo.best_on("moved")
+    client = deploy(active_models=ACTIVE, shadow_rate=1.0, gamma=1.0, seed=5)
+    progress = drive(client, demo, target, max_items=12_000, stream="moved")
+    assert progress.selection["served_model"] == target  # posterior >= 0.9, no request failed
+    selection = client.get("/v1/selection").json()
+    out = selection["eliminated_models"]
+    assert out and target not in out and selection["served_model"] not in out
+    assert not set(out) & set(active_shown(client) or [])
+    assert all(selection["posterior"][name] == 0.0 for name in out)
+    (current,) = client.get("/v1/rounds", params={"limit": 1}).json()["rounds"]
+    records = current["eliminated"]
+    assert [r["model"] for r in records] == out
+    for record in records:
+        assert record["wealth"] >= record["threshold"] == pytest.approx(20.0)  # 1 / 0.05
+        assert record["loss"] > record["leader_loss"] and record["leader"] not in out
+        # no swap to it after it left
+        assert not [s for s in current["swaps"]
+                    if s["to_model"] == record["model"] and s["labels"] >= record["labels"]]  # fmt: skip
+    # what is queued from now on carries no prediction of theirs: they are not run
+    while client.get("/v1/queries", params={"limit": 500}).json()["items"]:
+        pass  # lease what was queued before
+    items: list[dict[str, object]] = []
+    for _ in range(100):
+        client.post("/v1/predict", json={"instances": demo.stream_features[:64].tolist()})
+        items = client.get("/v1/queries", params={"limit": 50}).json()["items"]
+        if items:
+            break
+    assert items
+    in_round = set(selection["posterior"]) - set(out)
+    for item in items:
+        assert set(item["predictions"]) == in_round  # type: ignore[arg-type]
+    text = quiet_metrics(client)
+    assert metric(text, "pickserve_eliminated_models") == len(out)
+
+
 def test_the_active_set_survives_a_replica_kill_and_a_redis_restart(
     deploy: Deploy, demo: DemoData, redis_server: RedisServer
 ) -> None:
-    """Nothing about the active set is stored: it follows from the stored losses, so
-    after the router replica is killed and Redis restarts, the new replica shows the same
-    set (the lowest losses with the served model) and the gauge its size."""
-    client = deploy(active_models=ACTIVE, shadow_rate=1.0, gamma=1.0, seed=5)
+    """The active set follows from the stored losses and eliminations, so after the
+    router replica is killed and Redis restarts, the new replica shows the same set (the
+    lowest losses with the served model), the same eliminations and the gauge its size."""
+    client = deploy(store="redis", active_models=ACTIVE, shadow_rate=1.0, gamma=1.0, seed=5)
     drive(client, demo, "no-such-model", max_items=600, stream="moved")
     selection = client.get("/v1/selection").json()
+    losses, out = selection["losses"], selection["eliminated_models"]
+    assert out, "no candidate left the round: nothing to keep"
+    assert len(losses) - len(out) > ACTIVE, "too few left for an active set of 3"
     before = active_shown(client)
     assert before is not None and len(before) == ACTIVE
     assert selection["served_model"] in before
-    losses = selection["losses"]
-    leaders = sorted(losses, key=lambda name: losses[name])[: ACTIVE - 1]
+    leaders = sorted(set(losses) - set(out), key=lambda name: losses[name])[: ACTIVE - 1]
     assert set(leaders) - {selection["served_model"]} <= set(before)
     assert metric(client.get("/metrics").text, "pickserve_active_models") == ACTIVE
+    rounds = client.get("/v1/rounds").json()
     (name,) = router_replicas()
     ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
     redis_server.stop(kill=True)
@@ -110,5 +156,7 @@ def test_the_active_set_survives_a_replica_kill_and_a_redis_restart(
     while router_replicas() in ([], [name]) or client.get("/v2/health/ready").status_code != 200:
         assert time.monotonic() < deadline, "the replica was not replaced"
         time.sleep(0.5)
-    assert client.get("/v1/selection").json()["losses"] == losses
+    after = client.get("/v1/selection").json()
+    assert after["losses"] == losses and after["eliminated_models"] == out
     assert active_shown(client) == before
+    assert client.get("/v1/rounds").json() == rounds

@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 
 from picker import make_pool
+from picker.elimination import Elimination, bet_sizes
 from picker.large_pool import (
     ActiveReplay,
-    Elimination,
     active_query_probability,
     active_set,
-    bet_sizes,
     recall_order,
     run_active_replay,
 )

@@ -6,6 +6,7 @@ import uuid
 from fastapi import Query
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from service.config.knobs import elimination_level
 from service.http import schemas
 from service.http.api import (
     LABEL,
@@ -20,9 +21,16 @@ from service.http.api import (
 from service.http.auth import Caller
 from service.http.labels import apply_labels, check_labels
 from service.http.limits import AsciiJSONResponse
+from service.models.pool_file import NOT_EVALUATED
 from service.state.live import LabelResult, new_op
 from service.state.rules import Selection
 from service.state.store.base import StoreError
+
+
+def evaluated(names: list[str], predictions: tuple[int, ...]) -> dict[str, int]:
+    """Each candidate's class for an item, leaving out those not run on it (out of the
+    round by then)."""
+    return {n: p for n, p in zip(names, predictions, strict=True) if p != NOT_EVALUATED}
 
 
 class LabelingRoutes(RouterBase):
@@ -59,8 +67,7 @@ class LabelingRoutes(RouterBase):
             schemas.QueryItem(
                 item_id=i.item_id, instance=list(i.instance), q=i.q if admin else None,
                 round=i.round,
-                predictions=dict(zip(self.names, i.predictions, strict=True))
-                if with_predictions else None,
+                predictions=evaluated(self.names, i.predictions) if with_predictions else None,
                 lease_expires_at=now + knobs.lease_s,
             )
             for i in leased
@@ -124,6 +131,7 @@ class LabelingRoutes(RouterBase):
             await self.runtime.run_store(
                 apply_labels, self.state, labels, key, time.time(),
                 self.knobs.query_ttl_s, done, caller.name,
+                elimination_level(self.knobs, len(self.names)),
             )  # fmt: skip
         except StoreError as error:
             failure = error

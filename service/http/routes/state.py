@@ -155,7 +155,10 @@ class StateRoutes(RouterBase):
         )  # fmt: skip
         for name in self.names:
             healthy.add_metric([name], float(self.server.health.healthy(name)))
-        return [gauge("shadow_rate", meaning, rate), running, healthy]
+        left = gauge("eliminated_models", "Candidates the elimination test took out of the "
+                     "current round (the large-pool mode): never evaluated or served again "
+                     "in it", float(self.selection.tally.out().sum()))  # fmt: skip
+        return [gauge("shadow_rate", meaning, rate), running, left, healthy]
 
     @api.get("/metrics")
     async def metrics(self, caller: Caller | None = OPTIONAL_CALLER) -> Response:

@@ -17,13 +17,18 @@ One module per family of transitions: `documents` (the documents, their keys, re
 them), `keys` (idempotency keys), `observe` (shadow evaluation of live items), `labels`
 (leases and labels), `rounds` (rounds, budgets, the selector), `swaps` (swaps and the
 canary), `candidates` (candidates added or removed at run time), `active` (the large-pool
-mode's active set). This package names them
+mode's active set), `elimination` (the large-pool mode's elimination test). This package names them
 all, so a caller writes `rules.apply_label`.
 """
 
 from __future__ import annotations
 
-from service.state.rules.active import active_columns, decide_active, round_order
+from service.state.rules.active import (
+    active_columns,
+    decide_active,
+    label_check_columns,
+    round_order,
+)
 from service.state.rules.documents import (
     ACCEPTED_COUNTER,
     COUNTERS,
@@ -128,6 +133,7 @@ __all__ = [
     "initialise",
     "item_key",
     "key_key",
+    "label_check_columns",
     "labeled_key",
     "leasable",
     "lease_window",

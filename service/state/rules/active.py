@@ -21,6 +21,7 @@ import numpy.typing as npt
 from picker import draw_queries, learning_rates, posterior
 from picker.large_pool import active_query_probability, active_set
 from service.state.rules.documents import Selection
+from service.state.rules.elimination import in_round_columns
 
 
 def round_order(
@@ -45,23 +46,37 @@ def active_columns(
     selection: Selection, size: int | None, priors: Mapping[str, float] | None = None
 ) -> tuple[int, ...] | None:
     """The candidates a shadow batch runs now, in pool order; None for every candidate
-    (no `size`, a pool of at most `size`, or a pool-based round, which ranks its pool by
-    every candidate's predictions). `priors`: the pool file's, by candidate name."""
+    (no `size`, or a pool of at most `size`, with no candidate eliminated; or a
+    pool-based round, which ranks its pool by every candidate's predictions). Candidates
+    the elimination test took out of the round are never in it. `priors`: the pool
+    file's, by candidate name."""
     models = selection.meta.models
-    if size is None or len(models) <= size or selection.pooled:
+    if selection.pooled:
         return None
-    losses = selection.picker.loss_array
+    out = selection.tally.out()
+    left = len(models) - int(out.sum())
+    if size is None or left <= size:
+        return None if not out.any() else in_round_columns(selection.tally)
+    losses = selection.tally.ranked_losses()
     order = round_order(models, selection.picker.round, priors)
     chosen = set(active_set(losses[None, :], size, order[None, :])[0].tolist())
     needed = {selection.served}
     if selection.tally.monitor is not None:
         needed.add(selection.tally.monitor.model)
+    needed = {i for i in needed if not out[i]}
     missing = sorted(needed - chosen)
     # make room for them by the members with the highest losses (last in the tie order)
     spare = sorted(chosen - needed, key=lambda i: (losses[i], order[i]), reverse=True)
     chosen.difference_update(spare[: len(missing)])
     chosen.update(missing)
     return tuple(sorted(chosen))
+
+
+def label_check_columns(selection: Selection, columns: Sequence[int]) -> tuple[int, ...]:
+    """The candidates the items a batch queues run through before a labeler sees them:
+    those still in the round outside the active `columns`."""
+    active = set(columns)
+    return tuple(i for i in in_round_columns(selection.tally) if i not in active)
 
 
 def decide_active(
@@ -78,7 +93,7 @@ def decide_active(
     picker, models = selection.picker, len(selection.meta.models)
     steps = picker.step + 1 + np.arange(len(predictions))
     eta = learning_rates(steps, models)
-    losses = np.broadcast_to(picker.loss_array, (len(predictions), models))
+    losses = np.broadcast_to(selection.tally.ranked_losses(), (len(predictions), models))
     weights = posterior(losses, eta)[:, list(columns)]
     q = active_query_probability(predictions, weights, gamma, eta)
     return q, draw_queries(q, rng)

@@ -41,6 +41,7 @@ from service.state.rules import (
     item_key,
     tally_key,
 )
+from service.state.rules.elimination import joined, without
 from service.state.store.base import Doc, Put, Txn
 
 MIN_CANDIDATES = 2
@@ -93,7 +94,8 @@ def add_candidate(
                    added={**current.meta.added, name: dict(entry)},
                    removed=tuple(r for r in current.meta.removed if r != name))  # fmt: skip
     round_key = tally_key(picker.round)
-    tally = replace(current.tally, picker=picker, models=meta.models)
+    tally = replace(current.tally, picker=picker, models=meta.models,
+                    evidence=joined(current.tally))  # fmt: skip
     put = {META: Put(meta.to_dict()), round_key: Put(tally.to_dict())}
     expect = {META: current.meta_version, round_key: current.tally_version}
     for item_id, (doc, predicted) in pending.items():
@@ -163,8 +165,8 @@ def remove_candidate(
                        removed=(*meta.removed, name)[-REMOVED_KEPT:])  # fmt: skip
     round_key = tally_key(picker.round)
     put = {META: Put(new_meta.to_dict()),
-           round_key: Put(replace(tally, picker=picker, monitor=monitor,
-                                  models=models).to_dict())}  # fmt: skip
+           round_key: Put(replace(tally, picker=picker, monitor=monitor, models=models,
+                                  evidence=without(tally, removed)).to_dict())}  # fmt: skip
     expect = {META: current.meta_version, round_key: current.tally_version}
     for item_id, doc in pending.items():
         item = Item.from_dict(item_id, doc.value)

@@ -10,7 +10,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from picker import PickerState, best_model, initial_state
+from picker import PickerState, best_model, initial_state, learning_rate, posterior
+from picker.elimination import Evidence, ranked_losses
 from service.state.drift import Monitor
 from service.state.store.base import AUDIT_PREFIX, Doc, Put, StoreError, Txn
 
@@ -109,7 +110,9 @@ class Tally:
     the round's stream for drift (`service.state.drift`); `started_by` says why the round
     started (null: an operator or start-up; else the drift evidence). `selector` is how the
     round chooses items (fixed for the round); a pool-based round records its belief's
-    final posterior in `posterior` when it closes."""
+    final posterior in `posterior` when it closes. In the large-pool mode `evidence` is
+    the elimination test's (`picker.elimination`) and `eliminated` records who left the
+    round: when, against which leader, on what wealth."""
 
     picker: PickerState
     closed: bool = False
@@ -120,28 +123,46 @@ class Tally:
     selector: str = MODELPICKER
     posterior: tuple[float, ...] | None = None
     models: tuple[str, ...] | None = None  # the candidates its per-model figures are for
+    evidence: Evidence | None = None
+    eliminated: tuple[Mapping[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         monitor = None if self.monitor is None else self.monitor.to_dict()
         started_by = None if self.started_by is None else dict(self.started_by)
         posterior = None if self.posterior is None else list(self.posterior)
         models = None if self.models is None else list(self.models)
+        evidence = None if self.evidence is None else self.evidence.to_dict()
         return {"picker": self.picker.to_dict(), "closed": self.closed,
                 "started_at": self.started_at, "ended_at": self.ended_at,
                 "monitor": monitor, "started_by": started_by, "selector": self.selector,
-                "posterior": posterior, "models": models}  # fmt: skip
+                "posterior": posterior, "models": models, "evidence": evidence,
+                "eliminated": [dict(e) for e in self.eliminated]}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Tally:
         ended, monitor = data.get("ended_at"), data.get("monitor")
         posterior = data.get("posterior")  # absent in states written before pool-based
         models = data.get("models")  # absent in states written before it was kept
+        evidence = data.get("evidence")  # absent in states written before elimination
         return cls(PickerState.from_dict(data["picker"]), bool(data["closed"]),
                    float(data["started_at"]), None if ended is None else float(ended),
                    None if monitor is None else Monitor.from_dict(monitor),
                    data.get("started_by"), str(data.get("selector", MODELPICKER)),
                    None if posterior is None else tuple(float(w) for w in posterior),
-                   None if models is None else tuple(str(m) for m in models))  # fmt: skip
+                   None if models is None else tuple(str(m) for m in models),
+                   None if evidence is None else Evidence.from_dict(evidence),
+                   tuple(data.get("eliminated") or ()))  # fmt: skip
+
+    def out(self) -> npt.NDArray[np.bool_]:
+        """The candidates the elimination test took out of this round."""
+        if self.evidence is None:
+            return np.zeros(self.picker.n_models, dtype=bool)
+        return self.evidence.out_array
+
+    def ranked_losses(self) -> npt.NDArray[np.float64]:
+        """The round's losses, +inf for the candidates eliminated: what the posterior, the
+        best model and the active set are decided by."""
+        return ranked_losses(self.picker.loss_array, self.out())
 
     def model_names(self, current: Sequence[str]) -> list[str]:
         """The candidates this round's losses and posterior are for, in their order (a
@@ -160,14 +181,15 @@ class Tally:
         """P(each model is the best): the recorded posterior, else ModelPicker's."""
         if self.posterior is not None:
             return np.asarray(self.posterior, dtype=np.float64)
-        return self.picker.weights()
+        eta = learning_rate(max(self.picker.step, 1), self.picker.n_models)
+        return posterior(self.ranked_losses(), eta)
 
     def best(self, weights: npt.NDArray[np.float64] | None = None) -> int:
         """The posterior's best model (`picker.best_model`, the first on ties):
         ModelPicker's argmin L, or in a pool-based round the argmax of `weights` (None: the
         round's recorded ones)."""
         if not self.pooled:
-            return int(best_model(self.picker.loss_array))
+            return int(best_model(self.ranked_losses()))
         return int(best_model(-(self.weights() if weights is None else weights)))
 
 
@@ -255,7 +277,7 @@ class Selection:
         if self.pooled:
             certain: npt.NDArray[np.float64] = np.eye(len(self.meta.models))[self.meta.served]
             return certain
-        return self.picker.weights()
+        return self.tally.weights()
 
     @property
     def best(self) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from picker import PickerState, apply_increments, loss_increments
+from picker import PickerState, apply_increments
 from service.state.rules.documents import (
     ACCEPTED_COUNTER,
     COUNTERS,
@@ -21,6 +21,7 @@ from service.state.rules.documents import (
     queue_key,
     tally_key,
 )
+from service.state.rules.elimination import label_increments, with_label
 from service.state.store.base import Doc, Put, Txn
 
 
@@ -100,10 +101,13 @@ def apply_label(
     now: float,
     ttl_s: float,
     by: str = "anonymous",
+    delta: float | None = None,
 ) -> tuple[LabelOutcome, str | None, Txn | None]:
     """Apply a label once: L += [f_i(x) != y] / q, labels += 1, the item leaves the queue,
     and the round's audit log records who gave it (`by`) and when. In a pool-based round
     the item also joins the round's labeled set (its belief is derived from the items).
+    With `delta` (the large-pool mode), the label also moves the elimination test
+    (`rules.elimination`); a candidate that left the round is not charged the label.
 
     A repeat by the op that applied it is answered 'accepted' (the truth for a retry after
     an unclear outcome); any other repeat is 'duplicate'. Stale items are 'unknown'. An
@@ -123,8 +127,9 @@ def apply_label(
         return "unknown", "this item expired (query_ttl_s)", None
     if stored.held_by_other(by, now):
         return "leased", "another labeler holds this item's lease: the label was not applied", None
-    increments = loss_increments(stored.predictions, label, stored.q)
-    updated = replace(round_tally, picker=apply_increments(round_tally.picker, increments))
+    picker = apply_increments(round_tally.picker, label_increments(round_tally, stored, label))
+    updated = with_label(round_tally, picker, stored, label, delta, now,
+                         round_tally.model_names(()))  # fmt: skip
     labeled = replace(stored, status="labeled", label=label, op=op, labeled_at=now)
     push = ({labeled_key(stored.round): {item_id: float(updated.picker.labels)}}
             if round_tally.pooled else {})  # fmt: skip

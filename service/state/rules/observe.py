@@ -17,6 +17,7 @@ from picker import (
     record_queries,
 )
 from picker.pooled import disagreeing
+from service.models.pool_file import NOT_EVALUATED
 from service.state import drift
 from service.state.drift import DriftConfig, Monitor
 from service.state.rules.documents import (
@@ -135,6 +136,11 @@ def _choose(
         return np.ones(len(batch.item_ids)), chosen
     if batch.decided is not None:
         q, coins = batch.decided
+        # A row decided from an older view (just before a new round, say) may miss the
+        # prediction of a candidate in the round now: a label on it could not move that
+        # candidate's loss, so it is not queued.
+        in_round = ~current.tally.out()
+        coins = coins & (batch.predictions[:, in_round] != NOT_EVALUATED).all(axis=1)
     else:
         decisions = decide_queries(
             picker.loss_array, picker.step + 1, batch.predictions, gamma, None, rng
@@ -149,6 +155,10 @@ def _watch_drift(
     """The round's drift monitor counts the batch; evidence when it found a change."""
     picker = current.picker
     monitor = current.tally.monitor or Monitor.start(current.served, config.n_classes)
+    if current.tally.out()[monitor.model]:
+        # the watched model left the round (the elimination test): it is not evaluated
+        # again, so the monitor starts over, from a fresh reference, on the served model
+        monitor = Monitor.start(current.served, config.n_classes)
     # In the large-pool mode only the active columns ran on every row, and the active set
     # moves with the losses: its disagreement rate is not comparable between windows, so
     # the monitor counts the watched model's classes alone there.

@@ -16,8 +16,11 @@ from service.state.store.base import Put, Txn
 def swap_target(current: Selection, margin: float, min_labels: int = 0) -> int:
     """The model to serve: the posterior's best once it leads the served one by more than
     `margin` (`picker.served_model`) and at least `min_labels` labels were applied since
-    the last swap; else the served model."""
+    the last swap; else the served model. A served model the elimination test took out of
+    the round gives way to the best at once."""
     picker = current.picker
+    if not current.pooled and current.tally.out()[current.served]:
+        return current.best  # the served model left the round: no margin holds it
     if current.meta.labels_since_swap(picker.round, picker.labels) < min_labels:
         return current.served
     weights = current.weights()
