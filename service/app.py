@@ -108,7 +108,7 @@ def build(settings: Settings, checked_pool: Path | None = None) -> Application:
     pool_file = str(checked_pool or resolve_pool_file(settings))
     candidates = Candidates.options(  # type: ignore[attr-defined]
         **candidates_scaling(settings)
-    ).bind(pool_file, settings.model_timeout_s)
+    ).bind(pool_file, settings.model_timeout_s, settings.max_resident_models)
     router = Router.options(  # type: ignore[attr-defined]
         num_replicas=settings.router_replicas,
         max_replicas_per_node=settings.router_replicas_per_node,

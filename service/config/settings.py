@@ -113,6 +113,13 @@ class Settings(BaseSettings):
         "the pool and answers in-process, no extra hop) or candidates (the router calls the "
         "Candidates deployment: for pools too large to load in every router replica)",
     )
+    max_resident_models: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="models each replica holds in memory at most (the Candidates "
+        "deployment, and router replicas with serve_from router): the others are loaded "
+        "when a call needs them, the least recently used evicted; the served model stays "
+        "loaded. None: every candidate, loaded at start",
+    )  # fmt: skip
     model_timeout_s: float = Field(
         5.0, gt=0, le=600,
         description="longest any model call may take (served and shadow); a served model "

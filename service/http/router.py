@@ -32,8 +32,8 @@ from service.http.routes.candidates import CandidateRoutes
 from service.http.routes.inference import InferenceRoutes
 from service.http.routes.labeling import LabelingRoutes
 from service.http.routes.state import StateRoutes
-from service.models.loaders import load_pool
 from service.models.pool_file import PoolSpec, read_pool_spec
+from service.models.resident import open_pool
 from service.models.runner import ModelRunner
 from service.replica.canary import CanaryStats
 from service.replica.health import PROBE_S
@@ -90,15 +90,18 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
         """What runs beside the routes: the serving path (with the models in this process
         when serve_from=router: no extra hop), shadow work and the replica's ticks."""
         settings = self.settings
-        runner = (
-            ModelRunner(load_pool(self.pool_file).candidates, settings.model_timeout_s,
-                        settings.model_threads)
-            if settings.serve_from == "router" else None
-        )  # fmt: skip
+        runner = None
+        if settings.serve_from == "router":
+            loaded, residency = open_pool(self.pool_file, settings.max_resident_models)
+            runner = ModelRunner(loaded.candidates, settings.model_timeout_s,
+                                 settings.model_threads, residency=residency)  # fmt: skip
         self.runtime = ReplicaRuntime(self.state, settings.selection_refresh_s)
         self.server = Server(self.names, runner, candidates, self.runtime.counters,
                              settings.model_timeout_s)  # fmt: skip
         self.runtime.also_every(self.server.probe, PROBE_S)
+        if runner is not None and runner.residency is not None:
+            self.runtime.also_every(self._count_loads, PROBE_S)
+        self._loads_seen = (0, 0.0)
         self.canary_stats = CanaryStats()
         self.runtime.also_every(self._canary_tick, settings.selection_refresh_s)
         self.runtime.also_every(self.sync_pool, settings.selection_refresh_s)
@@ -108,6 +111,17 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
             settings.shadow_batch_wait_s, self._shadow_timeout_s(), len(self.pool.class_names),
             lambda: self.names, lambda: self.runtime.selection, lambda: self.priors,
         )  # fmt: skip
+
+    async def _count_loads(self) -> None:
+        """This replica's on-demand model loads, into the shared counters."""
+        residency = self.server.runner.residency if self.server.runner is not None else None
+        if residency is None:
+            return
+        loads, seconds = residency.loads, residency.load_seconds
+        if loads > self._loads_seen[0]:
+            self.runtime.counters.inc("model_loads", value=loads - self._loads_seen[0])
+            self.runtime.counters.inc("model_load_seconds", value=seconds - self._loads_seen[1])
+        self._loads_seen = (loads, seconds)
 
     def _shadow_timeout_s(self) -> float:
         """A shadow batch calls every model once, each within model_timeout_s; past this

@@ -22,8 +22,9 @@ import numpy as np
 from ray import serve
 
 from service.models import roster
-from service.models.loaders import Candidate, LoadedPool, load_pool
+from service.models.loaders import Candidate
 from service.models.pool_file import NO_CLASS, FloatMatrix, PoolLoadError, read_pool_spec
+from service.models.resident import Residency, open_pool
 from service.models.roster import RosterError
 from service.models.runner import ModelError, ModelRunner
 
@@ -56,15 +57,20 @@ def _split(rows: np.ndarray[Any, Any], sizes: list[int]) -> list[Any]:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 class Candidates:
-    def __init__(self, pool_file: str, model_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, pool_file: str, model_timeout_s: float = 5.0, max_resident_models: int | None = None
+    ) -> None:
         self.pool_file = Path(pool_file)
-        self.pool: LoadedPool = load_pool(self.pool_file)
-        self.runner = ModelRunner(self.pool.candidates, model_timeout_s)
+        self.pool, residency = open_pool(self.pool_file, max_resident_models)
+        self.runner = ModelRunner(self.pool.candidates, model_timeout_s, residency=residency)
+        self.metrics = ResidencyMetrics(residency) if residency is not None else None
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def answer(self, requests: list[tuple[int, FloatMatrix]]) -> list[FloatMatrix | Failed]:
         """Class probabilities of model `index` for each request's rows."""
         results: list[FloatMatrix | Failed | None] = [None] * len(requests)
+        if self.runner.residency is not None:  # the served model answers here: keep it warm
+            self.runner.residency.pin(self.runner.names[requests[-1][0]])
         for index in {i for i, _ in requests}:
             positions = [p for p, (i, _) in enumerate(requests) if i == index]
             chunks = [requests[p][1] for p in positions]
@@ -77,6 +83,8 @@ class Candidates:
             parts = _split(probabilities, [len(c) for c in chunks])
             for position, part in zip(positions, parts, strict=True):
                 results[position] = finite_or_failed(self.runner.names[index], part)
+        if self.metrics is not None:
+            self.metrics.record()
         return [r for r in results if r is not None]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
@@ -108,16 +116,49 @@ class Candidates:
             predictions = await self.runner.predictions(np.vstack(chunks), NO_CLASS, columns)
         except ModelError as failure:
             return [Failed.of(failure)] * len(chunks)
+        finally:
+            if self.metrics is not None:
+                self.metrics.record()
         return _split(predictions, [len(c) for c in chunks])
 
     def _load(self, names: tuple[str, ...]) -> list[Candidate]:
         """The pool `names` (a router follows the store's and brings the file up to date)."""
         pool = read_pool_spec(self.pool_file)
-        return roster.load(self.pool_file, pool, self.runner.candidates, names)
+        lazy = self.runner.residency is not None
+        return roster.load(self.pool_file, pool, self.runner.candidates, names, lazy)
 
     def check_health(self) -> None:
         if not self.pool.candidates:
             raise RuntimeError("no candidates loaded")
+
+
+class ResidencyMetrics:
+    """What a Candidates replica holds, exported with Ray Serve's metrics (on Ray's
+    metrics port, with Ray's `ray_` prefix: a Candidates replica answers no /metrics of
+    its own): models resident now, loads and the seconds they took."""
+
+    def __init__(self, residency: Residency) -> None:
+        from ray.serve import metrics
+
+        self.residency = residency
+        self.resident = metrics.Gauge(
+            "pickserve_resident_models", "Candidates' models in this replica's memory now"
+        )
+        self.loads = metrics.Counter(
+            "pickserve_model_loads", "Models loaded on demand (not resident when a call came)"
+        )
+        self.load_seconds = metrics.Counter(
+            "pickserve_model_load_seconds", "Seconds spent loading models on demand"
+        )
+        self._seen = (0, 0.0)
+
+    def record(self) -> None:
+        loads, seconds = self.residency.loads, self.residency.load_seconds
+        self.resident.set(self.residency.resident_count)
+        if loads > self._seen[0]:
+            self.loads.inc(loads - self._seen[0])
+            self.load_seconds.inc(seconds - self._seen[1])
+        self._seen = (loads, seconds)
 
 
 def finite_or_failed(name: str, probabilities: FloatMatrix) -> FloatMatrix | Failed:

@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.models.loaders import Candidate, load_candidate, predicted_classes, use_search_path
+from service.models.loaders import (
+    Candidate,
+    check_place,
+    load_candidate,
+    predicted_classes,
+    use_search_path,
+)
 from service.models.pool_file import (
     CandidateSpec,
     FloatMatrix,
@@ -32,6 +38,7 @@ from service.models.pool_file import (
     read_pool_spec,
     write_pool_file,
 )
+from service.models.resident import unloaded
 
 _file_lock = threading.Lock()  # one change of the pool file at a time in this process
 
@@ -101,10 +108,13 @@ def classes_of(candidate: Candidate, features: FloatMatrix) -> npt.NDArray[np.in
 
 
 def load(
-    pool_file: Path, pool: PoolSpec, loaded: Sequence[Candidate], wanted: Sequence[str]
-) -> list[Candidate]:
+    pool_file: Path, pool: PoolSpec, loaded: Sequence[Candidate], wanted: Sequence[str],
+    lazy: bool = False,
+) -> list[Candidate]:  # fmt: skip
     """The candidates `wanted` (the store's pool, in its order), reusing those loaded and
-    loading the others as the pool file `pool` names them; RosterError if it does not."""
+    loading the others as the pool file `pool` names them; RosterError if it does not.
+    `lazy` (a bound on resident models): the others' places are checked, and their
+    models loaded when a call needs them."""
     specs = {c.name: c for c in pool.candidates}
     if [c.name for c in pool.candidates] != list(wanted):
         raise RosterError(
@@ -114,4 +124,9 @@ def load(
         )
     by_name = {c.name: c for c in loaded}
     use_search_path(pool_file, pool)
+    if lazy:
+        for name in wanted:
+            if name not in by_name:
+                check_place(specs[name], pool_file, pool)
+        return [by_name.get(n) or unloaded(n, pool) for n in wanted]
     return [by_name.get(n) or load_candidate(specs[n], pool_file, pool) for n in wanted]

@@ -21,6 +21,7 @@ import numpy as np
 
 from service.models.loaders import Candidate, predicted_classes
 from service.models.pool_file import FloatMatrix
+from service.models.resident import Residency
 
 
 class ModelError(RuntimeError):
@@ -53,8 +54,10 @@ class ModelRunner:
         timeout_s: float,
         threads_per_model: int = 2,
         clock: Callable[[], float] = time.monotonic,
+        residency: Residency | None = None,
     ) -> None:
         self.timeout_s, self.threads, self.clock = timeout_s, threads_per_model, clock
+        self.residency = residency  # None: every model stays loaded
         self.candidates: list[Candidate] = []
         self.lanes: list[_Lane] = []
         self._ids = iter(range(1 << 62))
@@ -70,6 +73,8 @@ class ModelRunner:
         kept ones stay, removed ones' threads end once their calls return."""
         lanes = dict(zip(self.names, self.lanes, strict=True))
         kept = {c.name for c in candidates}
+        if self.residency is not None:
+            self.residency.forget([n for n in lanes if n not in kept])
         for name, lane in lanes.items():
             if name not in kept:
                 lane.executor.shutdown(wait=False, cancel_futures=True)
@@ -107,7 +112,9 @@ class ModelRunner:
             with lane.lock:
                 lane.started[call] = self.clock()
             try:
-                return candidate.class_probabilities(features)
+                # a model not in memory is loaded here, in the model's own thread
+                loaded = candidate if self.residency is None else self.residency.resident(candidate)
+                return loaded.class_probabilities(features)
             finally:
                 with lane.lock:
                     lane.started.pop(call, None)

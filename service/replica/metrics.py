@@ -38,6 +38,12 @@ COUNTERS = {
         "labels, in the large-pool mode)",
         ("purpose",),
     ),
+    "model_loads": (
+        "Models loaded on demand in router replicas (max_resident_models; the Candidates "
+        "deployment's are Ray's ray_pickserve_model_loads)",
+        (),
+    ),
+    "model_load_seconds": ("Seconds router replicas spent loading models on demand", ()),
     "queries": ("Items the picker queued for labeling", ()),
     "labels": (
         "Labels posted, by outcome (accepted, duplicate, unknown, invalid, leased)",

@@ -53,6 +53,8 @@ class Server:
     async def probabilities(self, index: int, features: FloatMatrix) -> FloatMatrix:
         """Model `index`'s answer: in this process, or from the Candidates deployment."""
         if self.runner is not None:
+            if self.runner.residency is not None:  # the model answering clients stays warm
+                self.runner.residency.pin(self.names[index])
             return await self.runner.probabilities(index, features)
         name = self.names[index]
         response = self.candidates.answer.remote((index, features))

@@ -7,6 +7,7 @@ the active set and the eliminations survive a replica kill and a Redis restart."
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -160,3 +161,21 @@ def test_the_active_set_survives_a_replica_kill_and_a_redis_restart(
     assert after["losses"] == losses and after["eliminated_models"] == out
     assert active_shown(client) == before
     assert client.get("/v1/rounds").json() == rounds
+
+
+def test_a_bound_on_resident_models_holds_and_the_loop_still_converges(
+    deploy: Deploy, demo: DemoData
+) -> None:
+    """max_resident_models 4 of 10: each replica holds at most 4 models, loads the others
+    when a shadow batch or a label check needs them (counted), and the served model keeps
+    answering: the loop ends on the stream's best with no failed request."""
+    target = demo.best_on("moved")
+    client = deploy(active_models=ACTIVE, shadow_rate=1.0, gamma=1.0, seed=5,
+                    settings={"max_resident_models": 4})  # fmt: skip
+    progress = drive(client, demo, target, max_items=12_000, stream="moved")
+    assert progress.selection["served_model"] == target  # posterior >= 0.9, no request failed
+    text = quiet_metrics(client)
+    resident = re.findall(r'^pickserve_resident_models\{replica="[^"]+"\} (\S+)$', text, re.M)
+    assert resident and all(1 <= float(r) <= 4 for r in resident)
+    assert metric(text, "pickserve_model_loads_total") > 0
+    assert metric(text, "pickserve_model_load_seconds_total") > 0
