@@ -2,7 +2,7 @@
 resident memory per replica, predict p50 against the demo pool in the same run, model
 evaluations per shadow item, and the loop converging on the stream's best.
 
-    python benchmarks/large_pool_service.py --max-items 200000   # 15 minutes here
+    python benchmarks/large_pool_service.py --max-items 200000   # 25 minutes here
     python benchmarks/large_pool_service.py --json benchmarks/results/large_pool_service.json
 
 In one Ray instance it serves the demo pool (10 candidates) and the large pool (1,000,
@@ -13,12 +13,15 @@ pool, every candidate for the demo). It then
 2. reads every replica's resident memory;
 3. drives both with wrk, one connection, alternated for a few rounds, with shadow work off
    so that the figure is the predict path's (8 instances a request);
+   A third application serves the large pool with `max_resident_models` (--max-resident):
+   its start-up and memory are measured beside the others';
 4. runs the loop on the large pool: its 5,000-item stream is served in batches, every
    queued item is labeled from the stream's truth, until the stream's best candidate is
    served with posterior >= 0.9 (or --max-items, two passes by default); a failed
    request stops the run;
 5. reads the evaluations from /metrics: per shadow item, the active set's and the label
-   checks', against the 1,000 that every candidate on every item would cost.
+   checks', against the 1,000 that every candidate on every item would cost;
+6. runs the loop on the bounded application for --bounded-items, and reads its loads.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class Stream:
         return self.features, self.labels.astype(np.int64)
 
 
-def deploy(name: str, state_dir: Path, pool: Path, knobs: dict[str, Any]) -> None:
+def deploy(name: str, state_dir: Path, pool: Path, knobs: dict[str, Any], **more: Any) -> None:
     from ray import serve
 
     from service.app import build
@@ -65,7 +68,7 @@ def deploy(name: str, state_dir: Path, pool: Path, knobs: dict[str, Any]) -> Non
     from service.config.settings import Settings
 
     settings = Settings(state_dir=state_dir, store_namespace=name, pool=pool,
-                        knobs=RuntimeKnobs(**knobs))  # fmt: skip
+                        knobs=RuntimeKnobs(**knobs), **more)  # fmt: skip
     serve.run(build(settings), name=name, route_prefix=f"/{name}")
 
 
@@ -106,11 +109,11 @@ def latency(base: str, demo: Any, stream: Stream, rounds: int) -> dict[str, Any]
             "failed": failed}  # fmt: skip
 
 
-def loop(base: str, stream: Stream, max_items: int) -> dict[str, Any]:
+def loop(base: str, stream: Stream, max_items: int, app: str = "large") -> dict[str, Any]:
     from service.tools.demo import drive
 
     target = stream_best()
-    with httpx.Client(base_url=f"{base}/large", timeout=120) as client:
+    with httpx.Client(base_url=f"{base}/{app}", timeout=120) as client:
         started = time.perf_counter()
         progress = drive(client, stream, target, max_items=max_items, stream="stream",  # type: ignore[arg-type]
                          seed=1)  # fmt: skip
@@ -129,6 +132,9 @@ def loop(base: str, stream: Stream, max_items: int) -> dict[str, Any]:
             "active_per_item": round(shadow / max(done, 1), 2),
             "checks_per_item": round(checks / max(done, 1), 2),
             "every_candidate_per_item": len(selection["posterior"]),
+            "eliminated": len(selection["eliminated_models"] or []),
+            "model_loads": metric(text, "pickserve_model_loads_total"),
+            "model_load_seconds": round(metric(text, "pickserve_model_load_seconds_total"), 1),
             "errors": {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
                        if line.startswith("pickserve_errors_total{")}}  # fmt: skip
 
@@ -143,6 +149,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "pickserve")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--max-resident", type=int, default=40, help="max_resident_models of the bounded deployment"
+    )
+    parser.add_argument(
+        "--bounded-items",
+        type=int,
+        default=20_000,
+        help="items of the loop on the bounded deployment (0: none)",
+    )
     args = parser.parse_args()
     require_wrk()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -172,7 +187,12 @@ def main() -> None:
         started = time.perf_counter()
         deploy("large", state_dir, pool, quiet)
         report["large_startup_s"] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        deploy("bounded", state_dir, pool, quiet, max_resident_models=args.max_resident)
+        report["bounded_startup_s"] = round(time.perf_counter() - started, 1)
+        report["max_resident_models"] = args.max_resident
         report["memory_mib"] = {"large": replica_memory_mib("large"),
+                                "bounded": replica_memory_mib("bounded"),
                                 "demo": replica_memory_mib("demo")}  # fmt: skip
         print(json.dumps(report), flush=True)
         report["latency"] = latency(base, demo, stream, args.rounds)
@@ -181,6 +201,11 @@ def main() -> None:
         report["loop"] = loop(base, stream, args.max_items)
         report["memory_mib_after_loop"] = replica_memory_mib("large")
         print(json.dumps(report["loop"]), flush=True)
+        if args.bounded_items:
+            deploy("bounded", state_dir, pool, LOOP_KNOBS, max_resident_models=args.max_resident)
+            report["bounded_loop"] = loop(base, stream, args.bounded_items, "bounded")
+            report["memory_mib_after_bounded_loop"] = replica_memory_mib("bounded")
+            print(json.dumps(report["bounded_loop"]), flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -33,7 +33,7 @@ from service.http.routes.inference import InferenceRoutes
 from service.http.routes.labeling import LabelingRoutes
 from service.http.routes.state import StateRoutes
 from service.models.pool_file import PoolSpec, read_pool_spec
-from service.models.resident import open_pool
+from service.models.resident import ResidencyMetrics, open_pool
 from service.models.runner import ModelRunner
 from service.replica.canary import CanaryStats
 from service.replica.health import PROBE_S
@@ -100,8 +100,9 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
                              settings.model_timeout_s)  # fmt: skip
         self.runtime.also_every(self.server.probe, PROBE_S)
         if runner is not None and runner.residency is not None:
-            self.runtime.also_every(self._count_loads, PROBE_S)
+            self.runtime.also_every(self._report_residency, PROBE_S)
         self._loads_seen = (0, 0.0)
+        self._residency_metrics: ResidencyMetrics | None = None
         self.canary_stats = CanaryStats()
         self.runtime.also_every(self._canary_tick, settings.selection_refresh_s)
         self.runtime.also_every(self.sync_pool, settings.selection_refresh_s)
@@ -112,11 +113,15 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
             lambda: self.names, lambda: self.runtime.selection, lambda: self.priors,
         )  # fmt: skip
 
-    async def _count_loads(self) -> None:
-        """This replica's on-demand model loads, into the shared counters."""
+    async def _report_residency(self) -> None:
+        """This replica's on-demand model loads, into the shared counters (the same on
+        every replica's /metrics), and what it holds, to Ray's metrics (per replica)."""
         residency = self.server.runner.residency if self.server.runner is not None else None
         if residency is None:
             return
+        if self._residency_metrics is None:
+            self._residency_metrics = ResidencyMetrics(residency)
+        self._residency_metrics.record()
         loads, seconds = residency.loads, residency.load_seconds
         if loads > self._loads_seen[0]:
             self.runtime.counters.inc("model_loads", value=loads - self._loads_seen[0])

@@ -24,7 +24,7 @@ from ray import serve
 from service.models import roster
 from service.models.loaders import Candidate
 from service.models.pool_file import NO_CLASS, FloatMatrix, PoolLoadError, read_pool_spec
-from service.models.resident import Residency, open_pool
+from service.models.resident import ResidencyMetrics, open_pool
 from service.models.roster import RosterError
 from service.models.runner import ModelError, ModelRunner
 
@@ -130,35 +130,6 @@ class Candidates:
     def check_health(self) -> None:
         if not self.pool.candidates:
             raise RuntimeError("no candidates loaded")
-
-
-class ResidencyMetrics:
-    """What a Candidates replica holds, exported with Ray Serve's metrics (on Ray's
-    metrics port, with Ray's `ray_` prefix: a Candidates replica answers no /metrics of
-    its own): models resident now, loads and the seconds they took."""
-
-    def __init__(self, residency: Residency) -> None:
-        from ray.serve import metrics
-
-        self.residency = residency
-        self.resident = metrics.Gauge(
-            "pickserve_resident_models", "Candidates' models in this replica's memory now"
-        )
-        self.loads = metrics.Counter(
-            "pickserve_model_loads", "Models loaded on demand (not resident when a call came)"
-        )
-        self.load_seconds = metrics.Counter(
-            "pickserve_model_load_seconds", "Seconds spent loading models on demand"
-        )
-        self._seen = (0, 0.0)
-
-    def record(self) -> None:
-        loads, seconds = self.residency.loads, self.residency.load_seconds
-        self.resident.set(self.residency.resident_count)
-        if loads > self._seen[0]:
-            self.loads.inc(loads - self._seen[0])
-            self.load_seconds.inc(seconds - self._seen[1])
-        self._seen = (loads, seconds)
 
 
 def finite_or_failed(name: str, probabilities: FloatMatrix) -> FloatMatrix | Failed:

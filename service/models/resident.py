@@ -148,3 +148,33 @@ def open_pool(path: Path, limit: int | None) -> tuple[LoadedPool, Residency | No
     residency.pin(served.name)
     residency.resident(served)
     return loaded, residency
+
+
+class ResidencyMetrics:
+    """What a replica holds, exported with Ray Serve's metrics (on Ray's metrics port,
+    with Ray's `ray_` prefix, tagged with the replica: the figure differs per replica,
+    while pickserve's /metrics reads the same whichever replica answers): models
+    resident now, loads and the seconds they took."""
+
+    def __init__(self, residency: Residency) -> None:
+        from ray.serve import metrics
+
+        self.residency = residency
+        self.resident = metrics.Gauge(
+            "pickserve_resident_models", "Candidates' models in this replica's memory now"
+        )
+        self.loads = metrics.Counter(
+            "pickserve_model_loads", "Models loaded on demand (not resident when a call came)"
+        )
+        self.load_seconds = metrics.Counter(
+            "pickserve_model_load_seconds", "Seconds spent loading models on demand"
+        )
+        self._seen = (0, 0.0)
+
+    def record(self) -> None:
+        loads, seconds = self.residency.loads, self.residency.load_seconds
+        self.resident.set(self.residency.resident_count)
+        if loads > self._seen[0]:
+            self.loads.inc(loads - self._seen[0])
+            self.load_seconds.inc(seconds - self._seen[1])
+        self._seen = (loads, seconds)

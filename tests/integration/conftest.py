@@ -39,11 +39,21 @@ def serve_port() -> Iterator[int]:
     root = str(Path(__file__).resolve().parents[2])
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     port = free_port()
-    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2)
+    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=2,
+             _metrics_export_port=RAY_METRICS_PORT)  # fmt: skip
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port
     serve.shutdown()
     ray.shutdown()
+
+
+# Ray's own metrics (those made with ray.serve.metrics, with Ray's `ray_` prefix): on a
+# port chosen once per test process, so a test can read them.
+RAY_METRICS_PORT = free_port()
+
+
+def ray_metrics() -> str:
+    return httpx.get(f"http://127.0.0.1:{RAY_METRICS_PORT}/metrics", timeout=10).text
 
 
 Deploy = Callable[..., httpx.Client]

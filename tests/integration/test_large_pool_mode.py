@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import httpx
+import joblib
+import numpy as np
 import pytest
 import ray
+import yaml
 
 from service.models.demo_data import DemoData
 from service.tools.demo import drive
-from tests.integration.conftest import Deploy
+from tests.integration.conftest import Deploy, demo_models_in, ray_metrics
+from tests.integration.test_candidates_runtime import Labeler
 from tests.integration.test_serving_path import metric
 from tests.integration.test_state_over_http import router_replicas
 from tests.redis_server import RedisServer
@@ -175,7 +180,62 @@ def test_a_bound_on_resident_models_holds_and_the_loop_still_converges(
     progress = drive(client, demo, target, max_items=12_000, stream="moved")
     assert progress.selection["served_model"] == target  # posterior >= 0.9, no request failed
     text = quiet_metrics(client)
-    resident = re.findall(r'^pickserve_resident_models\{replica="[^"]+"\} (\S+)$', text, re.M)
-    assert resident and all(1 <= float(r) <= 4 for r in resident)
     assert metric(text, "pickserve_model_loads_total") > 0
     assert metric(text, "pickserve_model_load_seconds_total") > 0
+    # what each replica holds, per replica, in Ray's metrics: the router's and the
+    # Candidates deployment's, each at most 4 (Ray exports them every few seconds)
+    deadline = time.monotonic() + 60
+    while True:
+        held = {deployment: float(value) for deployment, value in re.findall(
+            r'^ray_pickserve_resident_models\{[^}]*deployment="(\w+)"[^}]*\} (\S+)$',
+            ray_metrics(), re.M)}  # fmt: skip
+        if {"Router", "Candidates"} <= set(held):
+            break
+        assert time.monotonic() < deadline, "no resident-model gauge in Ray's metrics"
+        time.sleep(2.0)
+    assert all(1 <= n <= 4 for n in held.values()), held
+
+
+def test_a_candidate_added_mid_round_is_label_checked_from_then_on(
+    deploy: Deploy, demo: DemoData, tmp_path: Path
+) -> None:
+    """In the large-pool mode a candidate added mid-round is outside the active set at
+    first; it joins through the label checks: every item queued from then on carries its
+    prediction, and its loss is exactly Σ [f(x) != y] / q over every label of the round,
+    the ones before it came (backfilled) and after."""
+    folder = tmp_path / "pool"
+    models = demo_models_in(demo, folder)
+    names = [c["name"] for c in yaml.safe_load(demo.pool_file.read_text())["candidates"]]
+    accuracy = demo.summary["accuracy"]["today"]
+    newcomer = min(names, key=lambda n: accuracy[n])  # the weakest: it will not be active
+    kept = [n for n in names if n != newcomer]
+    pool = folder / "pool.yaml"
+    pool.write_text("n_features: 64\nclasses: 10\ninitial: svc-rbf\ncandidates:\n" + "".join(
+        f"  - {{name: {m}, sklearn: {models / f'{m}.joblib'}}}\n" for m in kept))  # fmt: skip
+    client = deploy(pool=pool, active_models=ACTIVE, shadow_rate=1.0, gamma=30.0,
+                    elimination_delta="off")  # fmt: skip
+    labeler = Labeler(client, demo)
+    for _ in range(3):
+        labeler.serve_and_label(160)
+    assert labeler.applied
+    added = client.post("/v1/candidates", json={"name": newcomer,
+                                                "sklearn": f"models/{newcomer}.joblib"})  # fmt: skip
+    assert added.status_code == 200, added.text
+    assert newcomer not in (active_shown(client) or [])
+    before = len(labeler.applied)
+    for _ in range(3):
+        labeler.serve_and_label(160)
+    assert len(labeler.applied) > before
+    assert newcomer not in (active_shown(client) or [])  # checked on labels, not run on all
+    model = joblib.load(models / f"{newcomer}.joblib")
+    predicted = model.predict(np.array([f for f, _, _ in labeler.applied]))
+    expected = 0.0
+    for p, (_, label, q) in zip(predicted, labeler.applied, strict=True):
+        expected += float(int(p) != label) / q
+    assert client.get("/v1/selection").json()["losses"][newcomer] == pytest.approx(
+        expected, rel=1e-12
+    )
+    client.post("/v1/predict", json={"instances": demo.stream_features[:64].tolist()})
+    time.sleep(1.0)
+    items = client.get("/v1/queries", params={"limit": 50}).json()["items"]
+    assert items and all(len(i["predictions"]) == len(kept) + 1 for i in items)

@@ -7,7 +7,6 @@ from fastapi import HTTPException, Path, Query
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily
-from ray import serve
 
 from service.config.knobs import active_size
 from service.http import schemas
@@ -159,17 +158,7 @@ class StateRoutes(RouterBase):
         left = gauge("eliminated_models", "Candidates the elimination test took out of the "
                      "current round (the large-pool mode): never evaluated or served again "
                      "in it", float(self.selection.tally.out().sum()))  # fmt: skip
-        resident = GaugeMetricFamily(
-            "pickserve_resident_models", "Candidates' models in this router replica's memory "
-            "(serve_from router; the Candidates deployment's are Ray's "
-            "ray_pickserve_resident_models)", labels=("replica",),
-        )  # fmt: skip
-        runner = self.server.runner
-        if runner is not None:
-            held = (len(runner.candidates) if runner.residency is None
-                    else runner.residency.resident_count)  # fmt: skip
-            resident.add_metric([serve.get_replica_context().replica_id.unique_id], float(held))
-        return [gauge("shadow_rate", meaning, rate), running, left, resident, healthy]
+        return [gauge("shadow_rate", meaning, rate), running, left, healthy]
 
     @api.get("/metrics")
     async def metrics(self, caller: Caller | None = OPTIONAL_CALLER) -> Response:
