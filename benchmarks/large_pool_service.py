@@ -144,7 +144,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--candidates", type=int, default=large_pool.N_CANDIDATES)
-    parser.add_argument("--max-items", type=int, default=2 * large_pool.N_STREAM)
+    parser.add_argument(
+        "--max-items",
+        type=int,
+        default=2 * large_pool.N_STREAM,
+        help="items of the loop on the large pool, every model resident (0: no loop)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="wrk alternations")
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "pickserve")
@@ -197,10 +202,11 @@ def main() -> None:
         print(json.dumps(report), flush=True)
         report["latency"] = latency(base, demo, stream, args.rounds)
         print(json.dumps(report["latency"]), flush=True)
-        deploy("large", state_dir, pool, LOOP_KNOBS)  # the knobs change in place
-        report["loop"] = loop(base, stream, args.max_items)
-        report["memory_mib_after_loop"] = replica_memory_mib("large")
-        print(json.dumps(report["loop"]), flush=True)
+        if args.max_items:
+            deploy("large", state_dir, pool, LOOP_KNOBS)  # the knobs change in place
+            report["loop"] = loop(base, stream, args.max_items)
+            report["memory_mib_after_loop"] = replica_memory_mib("large")
+            print(json.dumps(report["loop"]), flush=True)
         if args.bounded_items:
             deploy("bounded", state_dir, pool, LOOP_KNOBS, max_resident_models=args.max_resident)
             report["bounded_loop"] = loop(base, stream, args.bounded_items, "bounded")

@@ -41,10 +41,23 @@ def unloaded(name: str, pool: PoolSpec) -> Candidate:
 
 
 def file_loader(pool_file: Path) -> Callable[[str], Candidate]:
-    """Loads candidate `name` as the pool file names it now (it may change at run time)."""
+    """Loads candidate `name` as the pool file names it now (it may change at run time).
+    The file is read again only when it changed: parsing a pool of 1,000 candidates takes
+    longer than loading one of them."""
+    read: dict[tuple[int, int], PoolSpec] = {}
+    lock = threading.Lock()
+
+    def current() -> PoolSpec:
+        stat = pool_file.stat()
+        key = (stat.st_mtime_ns, stat.st_size)
+        with lock:
+            if key not in read:
+                read.clear()
+                read[key] = read_pool_spec(pool_file)
+            return read[key]
 
     def load(name: str) -> Candidate:
-        pool = read_pool_spec(pool_file)
+        pool = current()
         use_search_path(pool_file, pool)
         spec = next((c for c in pool.candidates if c.name == name), None)
         if spec is None:
