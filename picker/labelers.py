@@ -1,0 +1,168 @@
+"""How reliable each labeler is: Dawid and Skene's model with one accuracy per labeler.
+
+Reference: A. P. Dawid, A. M. Skene, "Maximum Likelihood Estimation of Observer
+Error-Rates Using the EM Algorithm", Journal of the Royal Statistical Society C 28(1),
+1979. Their model gives each labeler a confusion matrix; with the few labels a round
+holds per labeler, this module keeps one number per labeler (the "one-coin" form):
+
+    P(labeler j says c | the item's true class is y) = a_j           if c = y
+                                                     = (1 - a_j)/(C-1) otherwise
+
+The evidence is what a labeler's labels can be checked against: gold items (the true
+class is known) and items that two or more labelers labeled (overlaps). An item with one
+label and no gold answer says nothing about its labeler (the label would be checked
+against itself) and is left out.
+
+EM, from the labels' majority (gold answers fixed):
+- E-step: each item's posterior over its true class,
+  T_i(c) ∝ pi_c prod_{labels l of i} P(l | c), with pi uniform;
+- M-step: a_j = (E[correct_j] + alpha - 1) / (n_j + alpha + beta - 2), the posterior mode
+  under a Beta(alpha, beta) prior, where E[correct_j] = sum over j's labels of T_i(label).
+
+The uncertainty is the Wilson score interval of E[correct_j] out of n_j (z = 1.96): a
+labeler is below an accuracy with confidence when the interval's upper end is below it.
+Against gold answers it is the usual binomial interval (its coverage is tested); on
+overlaps it takes the expected count as if observed, so it leaves out the uncertainty of
+the other labelers' answers and is somewhat narrower than it should be.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from picker.modelpicker import FloatArray, IntArray
+
+NO_GOLD = -1
+Z_95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class LabelerEstimate:
+    """One labeler's figures: labels given, how many of them could be checked (on overlap
+    items and on gold items), the estimated accuracy and its 95 % interval."""
+
+    labels: int
+    overlaps: int
+    gold: int
+    accuracy: float
+    low: float
+    high: float
+
+    def flagged(self, min_accuracy: float) -> bool:
+        """Below `min_accuracy` with confidence: the interval's upper end is below it."""
+        return self.high < min_accuracy
+
+
+def wilson_interval(successes: float, trials: float, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (successes may be fractional: expected
+    counts); (0, 1) when there are no trials."""
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = (
+        z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    )
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _checked(items: IntArray, gold: IntArray) -> npt.NDArray[np.bool_]:
+    """The labels that can be checked: on items with a gold answer or with 2+ labels."""
+    counts = np.bincount(items, minlength=len(gold))
+    result: npt.NDArray[np.bool_] = (counts[items] >= 2) | (gold[items] != NO_GOLD)
+    return result
+
+
+def _truth_posterior(
+    items: IntArray, labels: IntArray, log_right: FloatArray, log_wrong: FloatArray,
+    gold: IntArray, n_classes: int,
+) -> FloatArray:  # fmt: skip
+    """T_i(c) for every item (rows of items without labels stay uniform); gold items are
+    certain. `log_right`/`log_wrong` are per label: log P(label | truth is / is not it)."""
+    n_items = len(gold)
+    log_t = np.zeros((n_items, n_classes))
+    per_class = np.where(labels[:, None] == np.arange(n_classes), log_right[:, None],
+                         log_wrong[:, None])  # fmt: skip
+    np.add.at(log_t, items, per_class)
+    log_t -= log_t.max(axis=1, keepdims=True)
+    truth = np.exp(log_t)
+    truth /= truth.sum(axis=1, keepdims=True)
+    known = gold != NO_GOLD
+    truth[known] = np.eye(n_classes)[gold[known]]
+    return truth
+
+
+def estimate_labelers(
+    items: npt.ArrayLike,
+    labelers: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    gold: npt.ArrayLike,
+    n_classes: int,
+    n_labelers: int,
+    prior: tuple[float, float] = (2.0, 2.0),
+    iterations: int = 200,
+    tolerance: float = 1e-9,
+) -> list[LabelerEstimate]:
+    """Each labeler's accuracy from its labels: row r says labeler `labelers[r]` gave item
+    `items[r]` the class `labels[r]`; `gold[i]` is item i's known class or NO_GOLD. One
+    labeler labels an item at most once. Returns one estimate per labeler, in order."""
+    items, labelers, labels = (np.asarray(x, dtype=np.int64) for x in (items, labelers, labels))
+    gold = np.asarray(gold, dtype=np.int64)
+    _check(items, labelers, labels, gold, n_classes, n_labelers, prior)
+    alpha, beta = prior
+    checked = _checked(items, gold)
+    on_overlap = np.bincount(items, minlength=len(gold))[items] >= 2
+    given = np.bincount(labelers, minlength=n_labelers)
+    overlaps = np.bincount(labelers[on_overlap], minlength=n_labelers)
+    golds = np.bincount(labelers[gold[items] != NO_GOLD], minlength=n_labelers)
+    items, labelers, labels = items[checked], labelers[checked], labels[checked]
+    n = np.bincount(labelers, minlength=n_labelers).astype(np.float64)
+    # start from the labels' majority: every labeler equally right
+    truth = _truth_posterior(items, labels, np.zeros(len(items)), np.full(len(items), -1.0),
+                             gold, n_classes)  # fmt: skip
+    accuracy = np.full(n_labelers, 0.5)
+    for _ in range(iterations):
+        correct = np.bincount(labelers, weights=truth[items, labels], minlength=n_labelers)
+        updated = (correct + alpha - 1.0) / np.maximum(n + alpha + beta - 2.0, 1e-12)
+        updated = np.clip(updated, 1e-6, 1.0 - 1e-6)
+        done = np.max(np.abs(updated - accuracy)) < tolerance
+        accuracy = updated
+        if done:
+            break
+        right = np.log(accuracy[labelers])
+        wrong = np.log((1.0 - accuracy[labelers]) / (n_classes - 1))
+        truth = _truth_posterior(items, labels, right, wrong, gold, n_classes)
+    correct = np.bincount(labelers, weights=truth[items, labels], minlength=n_labelers)
+    estimates = []
+    for j in range(n_labelers):
+        low, high = wilson_interval(float(correct[j]), float(n[j]))
+        estimates.append(LabelerEstimate(int(given[j]), int(overlaps[j]), int(golds[j]),
+                                         float(accuracy[j]), low, high))  # fmt: skip
+    return estimates
+
+
+def _check(
+    items: IntArray, labelers: IntArray, labels: IntArray, gold: IntArray,
+    n_classes: int, n_labelers: int, prior: tuple[float, float],
+) -> None:  # fmt: skip
+    if not (items.shape == labelers.shape == labels.shape and items.ndim == 1):
+        raise ValueError("items, labelers and labels need one entry per label")
+    if n_classes < 2 or n_labelers < 1:
+        raise ValueError("need at least 2 classes and 1 labeler")
+    if items.size and (items.min() < 0 or items.max() >= len(gold)):
+        raise ValueError("an item index is outside the gold array")
+    if labelers.size and (labelers.min() < 0 or labelers.max() >= n_labelers):
+        raise ValueError("a labeler index is outside 0..n_labelers-1")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError("a label is outside 0..n_classes-1")
+    if np.any((gold != NO_GOLD) & ((gold < 0) | (gold >= n_classes))):
+        raise ValueError("a gold answer is outside 0..n_classes-1")
+    pairs = items * n_labelers + labelers
+    if np.unique(pairs).size != pairs.size:
+        raise ValueError("a labeler labeled the same item twice")
+    if min(prior) < 1.0:
+        raise ValueError("the Beta prior needs alpha, beta >= 1 (a mode in [0, 1])")

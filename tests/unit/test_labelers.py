@@ -1,0 +1,116 @@
+"""Labeler reliability (`picker.labelers`): Dawid and Skene's one-coin model fitted by EM
+from overlaps and gold answers recovers each labeler's accuracy within its standard
+error, its interval covers the truth, and a careless labeler is flagged while honest ones
+are not. Items with one label and no gold answer say nothing and change nothing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from picker.labelers import NO_GOLD, estimate_labelers, wilson_interval
+
+CLASSES = 5
+
+
+def simulate(
+    accuracies: list[float], n_items: int, overlap: float, gold_rate: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each item goes to one labeler; a share `overlap` also to a second one; a share
+    `gold_rate` has its answer known. A wrong label is uniform over the other classes."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, CLASSES, n_items)
+    rows: list[tuple[int, int, int]] = []
+    for item in range(n_items):
+        who = rng.choice(len(accuracies), size=2 if rng.random() < overlap else 1, replace=False)
+        for j in who:
+            right = rng.random() < accuracies[j]
+            label = truth[item] if right else (truth[item] + rng.integers(1, CLASSES)) % CLASSES
+            rows.append((item, int(j), int(label)))
+    gold = np.where(rng.random(n_items) < gold_rate, truth, NO_GOLD)
+    items, labelers, labels = (np.array(x) for x in zip(*rows, strict=True))
+    return items, labelers, labels, gold
+
+
+def test_accuracies_are_recovered_within_their_standard_error() -> None:
+    accuracies = [0.95, 0.9, 0.6]
+    items, labelers, labels, gold = simulate(accuracies, 3000, overlap=0.3, gold_rate=0.02, seed=1)
+    estimates = estimate_labelers(items, labelers, labels, gold, CLASSES, 3)
+    for true, estimate in zip(accuracies, estimates, strict=True):
+        checked = estimate.overlaps + estimate.gold
+        standard_error = math.sqrt(true * (1 - true) / checked)
+        assert abs(estimate.accuracy - true) < 4 * standard_error, (true, estimate)
+        assert estimate.labels > checked > 0
+
+
+def test_a_careless_labeler_is_flagged_and_honest_ones_are_not() -> None:
+    items, labelers, labels, gold = simulate([0.95, 0.9, 0.6], 1500, overlap=0.2,
+                                             gold_rate=0.0, seed=2)  # fmt: skip
+    estimates = estimate_labelers(items, labelers, labels, gold, CLASSES, 3)
+    assert [e.flagged(0.8) for e in estimates] == [False, False, True]
+    assert min(range(3), key=lambda j: estimates[j].accuracy) == 2
+
+
+def test_the_interval_covers_the_truth_about_95_percent_of_the_time() -> None:
+    """Over many data sets, the one labeler checked against gold alone."""
+    rng = np.random.default_rng(3)
+    covered, runs = 0, 400
+    for _ in range(runs):
+        n = 60
+        right = rng.random(n) < 0.8
+        truth = rng.integers(0, CLASSES, n)
+        labels = np.where(right, truth, (truth + rng.integers(1, CLASSES, n)) % CLASSES)
+        (estimate,) = estimate_labelers(np.arange(n), np.zeros(n), labels, truth, CLASSES, 1)
+        covered += estimate.low <= 0.8 <= estimate.high
+    # the binomial standard error of the coverage over 400 runs is about 0.011
+    assert abs(covered / runs - 0.95) < 4 * math.sqrt(0.95 * 0.05 / runs)
+
+
+def test_single_labels_without_gold_say_nothing() -> None:
+    items, labelers, labels, gold = simulate([0.9, 0.7], 800, overlap=0.3, gold_rate=0.05, seed=4)
+    base = estimate_labelers(items, labelers, labels, gold, CLASSES, 2)
+    # add 500 single-labeled items of labeler 1, all wrong: nothing can check them
+    extra = np.arange(len(gold), len(gold) + 500)
+    grown = estimate_labelers(
+        np.concatenate([items, extra]), np.concatenate([labelers, np.ones(500, dtype=int)]),
+        np.concatenate([labels, np.zeros(500, dtype=int)]),
+        np.concatenate([gold, np.full(500, NO_GOLD)]), CLASSES, 2,
+    )  # fmt: skip
+    assert grown[1].accuracy == pytest.approx(base[1].accuracy, abs=1e-9)
+    assert grown[1].labels == base[1].labels + 500 and grown[1].overlaps == base[1].overlaps
+
+
+def test_renaming_the_labelers_renames_the_result() -> None:
+    items, labelers, labels, gold = simulate([0.95, 0.8, 0.6], 900, overlap=0.3,
+                                             gold_rate=0.02, seed=5)  # fmt: skip
+    estimates = estimate_labelers(items, labelers, labels, gold, CLASSES, 3)
+    order = np.array([2, 0, 1])  # labeler j becomes order[j]
+    renamed = estimate_labelers(items, order[labelers], labels, gold, CLASSES, 3)
+    for j in range(3):
+        assert renamed[order[j]].accuracy == pytest.approx(estimates[j].accuracy, abs=1e-9)
+
+
+def test_wilson_interval_golden_values() -> None:
+    low, high = wilson_interval(8, 10)
+    assert (round(low, 4), round(high, 4)) == (0.4902, 0.9433)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"labels": [0, 7]}, "label is outside"),
+        ({"labelers": [0, 3]}, "labeler index"),
+        ({"items": [0, 9]}, "item index"),
+        ({"items": [0, 0], "labelers": [1, 1]}, "same item twice"),
+        ({"gold": [9, NO_GOLD]}, "gold answer"),
+    ],
+)
+def test_malformed_evidence_is_refused(change: dict[str, list[int]], message: str) -> None:
+    evidence = {"items": [0, 1], "labelers": [0, 1], "labels": [0, 1], "gold": [NO_GOLD, NO_GOLD]}
+    evidence.update(change)
+    with pytest.raises(ValueError, match=message):
+        estimate_labelers(evidence["items"], evidence["labelers"], evidence["labels"],
+                          evidence["gold"], CLASSES, 2)  # fmt: skip
