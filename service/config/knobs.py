@@ -3,6 +3,7 @@ restart, every replica picks them up. Configuration, beside the start-up setting
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -81,6 +82,20 @@ class RuntimeKnobs(Strict):
         "test (a betting test against the leader on the labels) reaches 1/delta; delta is "
         "the chance that the round's best ever leaves. off: none leaves",
     )
+
+    @field_validator("elimination_delta", mode="before")
+    @classmethod
+    def _one_line_for_elimination_delta(cls, value: object) -> object:
+        """One clear reason instead of one per member of the union."""
+        if value == "off":
+            return value
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not 0.0 < number < 1.0:
+            raise ValueError(f"must be a number between 0 and 1 (exclusive), or off; got {value!r}")
+        return number
 
     pool_max_items: int = Field(
         20_000, ge=10, le=1_000_000,

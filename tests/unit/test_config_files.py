@@ -62,3 +62,24 @@ def test_the_selector_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("PICKSERVE_KNOBS__SELECTOR", "coda")
     with pytest.raises(ValueError, match="selector"):
         Settings()
+
+
+def test_the_large_pool_settings_come_from_the_environment_or_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PICKSERVE_KNOBS__ELIMINATION_DELTA", "0.01")
+    monkeypatch.setenv("PICKSERVE_MAX_RESIDENT_MODELS", "40")
+    settings = Settings()
+    assert settings.knobs.elimination_delta == 0.01 and settings.max_resident_models == 40
+    monkeypatch.setenv("PICKSERVE_KNOBS__ELIMINATION_DELTA", "off")
+    assert Settings().knobs.elimination_delta == "off"
+    for bad in ("2", "often", "0"):
+        monkeypatch.setenv("PICKSERVE_KNOBS__ELIMINATION_DELTA", bad)
+        with pytest.raises(ValueError) as refused:
+            Settings()
+        (error,) = refused.value.errors()  # type: ignore[attr-defined]
+        assert "between 0 and 1 (exclusive), or off" in error["msg"]
+    monkeypatch.setenv("PICKSERVE_KNOBS__ELIMINATION_DELTA", "0.05")
+    monkeypatch.setenv("PICKSERVE_MAX_RESIDENT_MODELS", "0")
+    with pytest.raises(ValueError, match="max_resident_models"):
+        Settings()
