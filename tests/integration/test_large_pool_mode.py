@@ -100,8 +100,13 @@ def active_shown(client: httpx.Client) -> list[str] | None:
 def test_eliminated_candidates_leave_the_round_and_are_never_run_or_served_again(
     deploy: Deploy, demo: DemoData
 ) -> None:
+    """With elimination on, and at most 4 of the 10 models resident in each replica
+    (max_resident_models): the others are loaded when a shadow batch or a label check
+    needs them (counted), the served model keeps answering, and the loop ends on the
+    stream's best with no failed request."""
     target = demo.best_on("moved")
-    client = deploy(active_models=ACTIVE, shadow_rate=1.0, gamma=1.0, seed=5)
+    client = deploy(active_models=ACTIVE, shadow_rate=1.0, gamma=1.0, seed=5,
+                    settings={"max_resident_models": 4})  # fmt: skip
     progress = drive(client, demo, target, max_items=12_000, stream="moved")
     assert progress.selection["served_model"] == target  # posterior >= 0.9, no request failed
     selection = client.get("/v1/selection").json()
@@ -119,6 +124,7 @@ def test_eliminated_candidates_leave_the_round_and_are_never_run_or_served_again
         assert not [s for s in current["swaps"]
                     if s["to_model"] == record["model"] and s["labels"] >= record["labels"]]  # fmt: skip
     # what is queued from now on carries no prediction of theirs: they are not run
+    quiet_metrics(client)  # the last batches, evaluated before they left, are queued
     while client.get("/v1/queries", params={"limit": 500}).json()["items"]:
         pass  # lease what was queued before
     items: list[dict[str, object]] = []
@@ -133,6 +139,20 @@ def test_eliminated_candidates_leave_the_round_and_are_never_run_or_served_again
         assert set(item["predictions"]) == in_round  # type: ignore[arg-type]
     text = quiet_metrics(client)
     assert metric(text, "pickserve_eliminated_models") == len(out)
+    assert metric(text, "pickserve_model_loads_total") > 0
+    assert metric(text, "pickserve_model_load_seconds_total") > 0
+    # what each replica holds, per replica, in Ray's metrics: the router's and the
+    # Candidates deployment's, each at most 4 (Ray exports them every few seconds)
+    deadline = time.monotonic() + 60
+    while True:
+        held = {deployment: float(value) for deployment, value in re.findall(
+            r'^ray_pickserve_resident_models\{[^}]*deployment="(\w+)"[^}]*\} (\S+)$',
+            ray_metrics(), re.M)}  # fmt: skip
+        if {"Router", "Candidates"} <= set(held):
+            break
+        assert time.monotonic() < deadline, "no resident-model gauge in Ray's metrics"
+        time.sleep(2.0)
+    assert all(1 <= n <= 4 for n in held.values()), held
 
 
 def test_the_active_set_survives_a_replica_kill_and_a_redis_restart(
@@ -166,34 +186,6 @@ def test_the_active_set_survives_a_replica_kill_and_a_redis_restart(
     assert after["losses"] == losses and after["eliminated_models"] == out
     assert active_shown(client) == before
     assert client.get("/v1/rounds").json() == rounds
-
-
-def test_a_bound_on_resident_models_holds_and_the_loop_still_converges(
-    deploy: Deploy, demo: DemoData
-) -> None:
-    """max_resident_models 4 of 10: each replica holds at most 4 models, loads the others
-    when a shadow batch or a label check needs them (counted), and the served model keeps
-    answering: the loop ends on the stream's best with no failed request."""
-    target = demo.best_on("moved")
-    client = deploy(active_models=ACTIVE, shadow_rate=1.0, gamma=1.0, seed=5,
-                    settings={"max_resident_models": 4})  # fmt: skip
-    progress = drive(client, demo, target, max_items=12_000, stream="moved")
-    assert progress.selection["served_model"] == target  # posterior >= 0.9, no request failed
-    text = quiet_metrics(client)
-    assert metric(text, "pickserve_model_loads_total") > 0
-    assert metric(text, "pickserve_model_load_seconds_total") > 0
-    # what each replica holds, per replica, in Ray's metrics: the router's and the
-    # Candidates deployment's, each at most 4 (Ray exports them every few seconds)
-    deadline = time.monotonic() + 60
-    while True:
-        held = {deployment: float(value) for deployment, value in re.findall(
-            r'^ray_pickserve_resident_models\{[^}]*deployment="(\w+)"[^}]*\} (\S+)$',
-            ray_metrics(), re.M)}  # fmt: skip
-        if {"Router", "Candidates"} <= set(held):
-            break
-        assert time.monotonic() < deadline, "no resident-model gauge in Ray's metrics"
-        time.sleep(2.0)
-    assert all(1 <= n <= 4 for n in held.values()), held
 
 
 def test_a_candidate_added_mid_round_is_label_checked_from_then_on(
