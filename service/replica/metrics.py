@@ -40,7 +40,7 @@ COUNTERS = {
     ),
     "model_loads": (
         "Models loaded on demand in router replicas (max_resident_models; the Candidates "
-        "deployment's are Ray's ray_pickserve_model_loads)",
+        "deployment's are Ray's ray_pickserve_model_loads_total)",
         (),
     ),
     "model_load_seconds": ("Seconds router replicas spent loading models on demand", ()),
