@@ -70,13 +70,6 @@ def wilson_interval(successes: float, trials: float, z: float = Z_95) -> tuple[f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _checked(items: IntArray, gold: IntArray) -> npt.NDArray[np.bool_]:
-    """The labels that can be checked: on items with a gold answer or with 2+ labels."""
-    counts = np.bincount(items, minlength=len(gold))
-    result: npt.NDArray[np.bool_] = (counts[items] >= 2) | (gold[items] != NO_GOLD)
-    return result
-
-
 def _truth_posterior(
     items: IntArray, labels: IntArray, log_right: FloatArray, log_wrong: FloatArray,
     gold: IntArray, n_classes: int,
@@ -114,8 +107,9 @@ def estimate_labelers(
     gold = np.asarray(gold, dtype=np.int64)
     _check(items, labelers, labels, gold, n_classes, n_labelers, prior)
     alpha, beta = prior
-    checked = _checked(items, gold)
     on_overlap = np.bincount(items, minlength=len(gold))[items] >= 2
+    # single labels without gold say nothing
+    checked: npt.NDArray[np.bool_] = on_overlap | (gold[items] != NO_GOLD)
     given = np.bincount(labelers, minlength=n_labelers)
     overlaps = np.bincount(labelers[on_overlap], minlength=n_labelers)
     golds = np.bincount(labelers[gold[items] != NO_GOLD], minlength=n_labelers)

@@ -101,7 +101,6 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
         self.runtime.also_every(self.server.probe, PROBE_S)
         if runner is not None and runner.residency is not None:
             self.runtime.also_every(self._report_residency, PROBE_S)
-        self._loads_seen = (0, 0.0)
         self._residency_metrics: ResidencyMetrics | None = None
         self.canary_stats = CanaryStats()
         self.runtime.also_every(self._canary_tick, settings.selection_refresh_s)
@@ -121,12 +120,10 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
             return
         if self._residency_metrics is None:
             self._residency_metrics = ResidencyMetrics(residency)
-        self._residency_metrics.record()
-        loads, seconds = residency.loads, residency.load_seconds
-        if loads > self._loads_seen[0]:
-            self.runtime.counters.inc("model_loads", value=loads - self._loads_seen[0])
-            self.runtime.counters.inc("model_load_seconds", value=seconds - self._loads_seen[1])
-        self._loads_seen = (loads, seconds)
+        loads, seconds = self._residency_metrics.record()
+        if loads > 0:
+            self.runtime.counters.inc("model_loads", value=loads)
+            self.runtime.counters.inc("model_load_seconds", value=seconds)
 
     def _shadow_timeout_s(self) -> float:
         """A shadow batch calls every model once, each within model_timeout_s; past this

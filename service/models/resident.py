@@ -184,10 +184,14 @@ class ResidencyMetrics:
         )
         self._seen = (0, 0.0)
 
-    def record(self) -> None:
+    def record(self) -> tuple[int, float]:
+        """Export what the replica holds now; returns the loads, and their seconds, since
+        the last call."""
         loads, seconds = self.residency.loads, self.residency.load_seconds
+        new = (loads - self._seen[0], seconds - self._seen[1])
         self.resident.set(self.residency.resident_count)
-        if loads > self._seen[0]:
-            self.loads.inc(loads - self._seen[0])
-            self.load_seconds.inc(seconds - self._seen[1])
+        if new[0] > 0:
+            self.loads.inc(new[0])
+            self.load_seconds.inc(new[1])
         self._seen = (loads, seconds)
+        return new
