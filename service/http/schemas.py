@@ -142,7 +142,12 @@ class SwapRecord(Strict):
 
 class PoolCandidate(Strict):
     name: str = Field(..., description="the candidate's name")
-    kind: Literal["sklearn", "onnx", "python"] = Field(..., description="how it is loaded")
+    kind: Literal["sklearn", "onnx", "python", "mlflow"] = Field(
+        ..., description="how it is loaded"
+    )
+    registry: str | None = Field(
+        None, description="an `mlflow` candidate's registry URI (models:/name/version or @alias)"
+    )
 
 
 class PoolInfo(Strict):

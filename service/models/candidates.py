@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from service.models import roster
+from service.models import registry, roster
 from service.models.loaders import Candidate
 from service.models.pool_file import NO_CLASS, FloatMatrix, PoolLoadError, read_pool_spec
 from service.models.resident import ResidencyMetrics, open_pool
@@ -58,8 +58,13 @@ def _split(rows: np.ndarray[Any, Any], sizes: list[int]) -> list[Any]:
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 class Candidates:
     def __init__(
-        self, pool_file: str, model_timeout_s: float = 5.0, max_resident_models: int | None = None
+        self,
+        pool_file: str,
+        model_timeout_s: float = 5.0,
+        max_resident_models: int | None = None,
+        registry_uri: str | None = None,
     ) -> None:
+        registry.use_tracking_uri(registry_uri)  # `mlflow:` candidates load from there
         self.pool_file = Path(pool_file)
         self.pool, residency = open_pool(self.pool_file, max_resident_models)
         self.runner = ModelRunner(self.pool.candidates, model_timeout_s, residency=residency)

@@ -1,7 +1,8 @@
 """`python -m service check-pool pool.yaml`: load and probe every candidate without Ray.
 
 Prints one row per candidate (kind, the pool classes its outputs cover, load time, memory
-taken by loading, latency per item on a small batch). With `--data X.npy` it also runs
+taken by loading, latency per item on a small batch; for an MLflow registry candidate, its
+registered model, version and run). With `--data X.npy` it also runs
 every candidate on those rows and prints how often each pair agrees, and with
 `--labels y.npy` (class indices or class names) each model's accuracy. Exit code 0 when
 every candidate loads; 2 otherwise, with the same one-line reasons as `make run`.
@@ -137,6 +138,9 @@ def report(
     for column in ("name", "kind", "classes", "prior", "load", "memory", "latency / item"):
         table.add_column(column, justify="left" if column in ("name", "kind") else "right")
     priors = {c.name: c.prior for c in spec.candidates}
+    registry = any(r.candidate.origin is not None for r in rows)
+    if registry:  # the registered model, version (an alias resolved now) and run
+        table.add_column("registry")
     predictions = None
     if data is not None and rows:
         pool = LoadedPool(spec, [r.candidate for r in rows])
@@ -150,6 +154,9 @@ def report(
             _size(row.memory_bytes),
             f"{row.latency_s * 1e6:.1f} µs",
         ]  # fmt: skip
+        if registry:
+            origin = row.candidate.origin
+            cells.append("—" if origin is None else origin.describe())
         if labels is not None and predictions is not None:
             cells.append(f"{np.mean(predictions[:, index] == labels):.3f}")
         table.add_row(*cells)

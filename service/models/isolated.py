@@ -2,13 +2,14 @@
 adopts it (`POST /v1/candidates`).
 
 The child gets a scrubbed environment (no token, no Redis URL, no Ray address: only what
-Python and the numeric libraries need), an address-space bound (`memory_mb`), its own
-session (so that everything it starts is killed with it) and a deadline. It cannot import
-Ray, so a factory that calls `ray.serve.shutdown()` fails there instead of stopping the
-application. It loads and probes the candidate exactly as a replica would
-(`service.models.loaders.load_candidate`) and reports one JSON line on a pipe of its
-own; whatever the candidate prints goes nowhere. A crash, a hang, an exit or a refusal
-comes back as a `PoolLoadError` with its reason in one line, and the replica goes on.
+Python and the numeric libraries need, and for an `mlflow:` candidate the tracking URI), an
+address-space bound (`memory_mb`), its own session (so that everything it starts is killed
+with it) and a deadline. It cannot import Ray, so a factory that calls
+`ray.serve.shutdown()` fails there instead of stopping the application. It loads and
+probes the candidate exactly as a replica would (`service.models.loaders.load_candidate`)
+and reports one JSON line on a pipe of its own; whatever the candidate prints goes
+nowhere. A crash, a hang, an exit or a refusal comes back as a `PoolLoadError` with its
+reason in one line, and the replica goes on.
 
 This guards against candidates that fail, not against code written to escape: what runs
 here is code someone placed in the pool folder (or, with `allow_installed_modules`, an
@@ -30,13 +31,17 @@ from service.models.pool_file import CandidateSpec, PoolLoadError
 # What the child keeps of the environment: Python's and the numeric libraries' own knobs.
 KEPT_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "PYTHONPATH")
 KEPT_PREFIXES = ("OMP_", "OPENBLAS_", "MKL_")
+# A registry candidate's child also keeps the way to the registry (and nothing else does:
+# the URI may hold credentials, and a `python:` factory has no business with it).
+REGISTRY_PREFIXES = ("PICKSERVE_MLFLOW_TRACKING_URI", "MLFLOW_")
 
 
-def child_environment(environ: dict[str, str]) -> dict[str, str]:
+def child_environment(environ: dict[str, str], registry: bool = False) -> dict[str, str]:
+    kept = KEPT_PREFIXES + (REGISTRY_PREFIXES if registry else ())
     return {
         name: value
         for name, value in environ.items()
-        if name in KEPT_ENVIRONMENT or name.startswith(KEPT_PREFIXES)
+        if name in KEPT_ENVIRONMENT or name.startswith(kept)
     }
 
 
@@ -50,7 +55,7 @@ def load_isolated(spec: CandidateSpec, pool_file: Path, timeout_s: float, memory
     child = subprocess.Popen(
         [sys.executable, "-m", "service.models.isolated"],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env=child_environment(dict(os.environ)), start_new_session=True,
+        env=child_environment(dict(os.environ), spec.kind == "mlflow"), start_new_session=True,
         pass_fds=(write_end,), cwd=str(pool_file.parent),
     )  # fmt: skip
     os.close(write_end)

@@ -1,6 +1,7 @@
 """Loading a pool's candidates: each entry of the pool file becomes a `Candidate` (a
-joblib/pickle file, an ONNX file, or a `python:` factory), confined to the pool folder and
-probed on zeros before it is trusted; `LoadedPool` is the whole pool, loaded."""
+joblib/pickle file, an ONNX file, a `python:` factory, or a version in an MLflow registry,
+`service.models.registry`), confined to the pool folder and probed on zeros before it is
+trusted; `LoadedPool` is the whole pool, loaded."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from service.models import registry
 from service.models.pool_file import (
     NO_CLASS,
     CandidateSpec,
@@ -23,6 +25,7 @@ from service.models.pool_file import (
     one_line,
     read_pool_spec,
 )
+from service.models.registry import RegistryError, RegistryRef
 
 
 def predicted_classes(
@@ -50,6 +53,7 @@ class Candidate:
     n_classes: int
     kind: str
     columns: npt.NDArray[np.int64] | None = None
+    origin: RegistryRef | None = None  # the registry version an `mlflow:` entry resolved to
 
     def class_probabilities(self, features: FloatMatrix) -> FloatMatrix:
         if self.kind == "onnx":
@@ -273,7 +277,7 @@ def check_place(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> None:
     try:
         if spec.python is not None:
             _check_module_place(spec.python.split(":")[0], pool_file, pool)
-        else:
+        elif spec.mlflow is None:  # a registry version: checked when it is loaded
             _model_file(pool_file.parent, spec.source)
     except _CandidateError as reason:
         raise _failure(spec, pool_file, reason) from None
@@ -281,16 +285,22 @@ def check_place(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> None:
 
 def load_candidate(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> Candidate:
     """Load and probe one candidate; PoolLoadError names it, its source and the reason."""
+    origin = None
     try:
         if spec.python is not None:
             model = _import_factory(spec, pool_file, pool)
+        elif spec.mlflow is not None:
+            try:
+                model, origin = registry.load(spec.mlflow, pool.n_features, len(pool.class_names))
+            except RegistryError as error:
+                raise _CandidateError(str(error)) from None
         else:
             model = _open_file(spec, pool_file.parent)
         if spec.onnx is None and not callable(getattr(model, "predict_proba", None)):
             reason = f"it holds a {type(model).__name__}, which has no predict_proba(X)"
             raise _CandidateError(reason)
         columns = None if spec.onnx else _output_columns(model, pool.class_names)
-        candidate = Candidate(spec.name, model, len(pool.class_names), spec.kind, columns)
+        candidate = Candidate(spec.name, model, len(pool.class_names), spec.kind, columns, origin)
         _probe(candidate, pool.n_features)
     except _CandidateError as reason:
         raise _failure(spec, pool_file, reason) from reason.__cause__

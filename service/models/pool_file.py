@@ -8,6 +8,9 @@ candidates:
   - {name: logreg, sklearn: models/logreg.joblib}     # joblib (or .skops) file
   - {name: mlp, onnx: models/mlp.onnx}                 # onnxruntime
   - {name: custom, python: my_pkg.models:make_model}   # factory() -> has predict_proba
+  - {name: fraud-v3, mlflow: "models:/fraud/3"}        # MLflow registry (or models:/fraud@alias)
+mlflow_pool: {model: fraud, aliases: [champion, challenger]}  # optional: fraud-champion, ...
+# or {model: fraud, tag: "stage=candidate"}: every version with that tag (fraud-v3, fraud-v4)
 ```
 Model files are named relative to the YAML file and must resolve (symlinks followed) to a
 file below its folder, the pool folder: a path outside it is refused without a word on
@@ -32,9 +35,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
+
+from service.models import registry
+from service.models.registry import MLFLOW_URI_PATTERN, RegistryError
 
 FloatMatrix = npt.NDArray[np.float64]
 NO_CLASS = -1  # a row whose class probabilities are not finite: no label equals it
@@ -85,28 +92,81 @@ class CandidateSpec(BaseModel):
         None, pattern=r"^[\w.]+:[\w]+$", max_length=256,
         description="module:factory, the module in the pool folder or python_path",
     )  # fmt: skip
+    mlflow: str | None = Field(
+        None, pattern=MLFLOW_URI_PATTERN, max_length=300,
+        description="a registered model version in MLflow's registry: models:/<name>/<version> "
+        "or models:/<name>@<alias> (the tracking server PICKSERVE_MLFLOW_TRACKING_URI or "
+        "MLFLOW_TRACKING_URI names)",
+    )  # fmt: skip
     prior: float | None = Field(
         None, ge=0, le=1,
         description="an offline score in [0, 1], higher is better (a validation accuracy): "
         "the large-pool mode's first active set of a round ranks candidates by it",
     )  # fmt: skip
 
+    _from_registry_pool: bool = PrivateAttr(False)  # made from `mlflow_pool` when read
+
     @model_validator(mode="after")
     def exactly_one_source(self) -> CandidateSpec:
         if self.name == SERVED_MODEL:
             raise ValueError(f"{SERVED_MODEL!r} names the served model: choose another name")
-        given = [s for s in (self.sklearn, self.onnx, self.python) if s is not None]
+        given = [s for s in (self.sklearn, self.onnx, self.python, self.mlflow) if s is not None]
         if len(given) != 1:
-            raise ValueError(f"candidate {self.name!r}: give exactly one of sklearn, onnx, python")
+            raise ValueError(
+                f"candidate {self.name!r}: give exactly one of sklearn, onnx, python, mlflow"
+            )
         return self
 
     @property
     def kind(self) -> str:
+        if self.mlflow:
+            return "mlflow"
         return "python" if self.python else "onnx" if self.onnx else "sklearn"
 
     @property
     def source(self) -> str:
-        return self.python or self.onnx or self.sklearn or ""
+        return self.python or self.onnx or self.sklearn or self.mlflow or ""
+
+
+REGISTERED_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class RegistryPool(BaseModel):
+    """`mlflow_pool:` a registered model's versions as candidates, those its `aliases`
+    point at (candidate `{model}-{alias}`, the alias resolved when it is loaded), or every
+    version with the `tag` `key=value` when the pool file is read (candidate
+    `{model}-v{version}`). They come before the file's own `candidates`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., pattern=REGISTERED_NAME, max_length=128)
+    aliases: (
+        list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", max_length=64)]] | None
+    ) = Field(None, min_length=1, max_length=1000)
+    tag: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+=[A-Za-z0-9_.: -]*$", max_length=256,
+        description="key=value: every version carrying that tag",
+    )  # fmt: skip
+    exclude: list[str] = Field(
+        default_factory=list, max_length=1000,
+        description="candidates of it removed at run time (pickserve writes these)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def one_selection(self) -> RegistryPool:
+        if (self.aliases is None) == (self.tag is None):
+            raise ValueError("mlflow_pool: give exactly one of aliases, tag")
+        return self
+
+    def entries(self) -> list[dict[str, str]]:
+        """The candidates it names now (a tag asks the registry)."""
+        if self.aliases is not None:
+            named = [(f"{self.model}-{a}", f"models:/{self.model}@{a}") for a in self.aliases]
+        else:
+            key, value = str(self.tag).split("=", 1)
+            versions = registry.versions_tagged(self.model, key, value)
+            named = [(f"{self.model}-v{v}", f"models:/{self.model}/{v}") for v in versions]
+        return [{"name": n, "mlflow": u} for n, u in named if n not in self.exclude]
 
 
 class PoolSpec(BaseModel):
@@ -129,6 +189,9 @@ class PoolSpec(BaseModel):
         False,
         description="`python:` modules may also come from the installed packages (by default "
         "only from the pool folder and python_path)",
+    )
+    mlflow_pool: RegistryPool | None = Field(
+        None, description="a registered model's versions in MLflow's registry as candidates"
     )
     candidates: list[CandidateSpec] = Field(..., min_length=2, max_length=1000)
 
@@ -170,18 +233,32 @@ def read_pool_spec(path: Path) -> PoolSpec:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or one_line(error)
         raise PoolLoadError(f"{path}: not valid YAML{where}: {problem}") from error
+    expanded = 0
     try:
-        return PoolSpec.model_validate(data)
+        if isinstance(data, dict) and data.get("mlflow_pool") is not None:
+            entries = RegistryPool.model_validate(data["mlflow_pool"]).entries()
+            expanded = len(entries)
+            data = {**data, "candidates": [*entries, *(data.get("candidates") or [])]}
+        spec = PoolSpec.model_validate(data)
+    except RegistryError as error:
+        raise PoolLoadError(f"{path}: mlflow_pool: {error}") from None
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'the file'}: {e['msg']}"
             for e in error.errors()
         )
         raise PoolLoadError(f"{path}: not a valid pool file: {problems}") from error
+    for candidate in spec.candidates[:expanded]:
+        candidate._from_registry_pool = True
+    return spec
 
 
 def write_pool_file(path: Path, spec: PoolSpec) -> None:
+    """The pool file of `spec`; the candidates its `mlflow_pool` makes are not written (it
+    makes them again when read)."""
     data = spec.model_dump(exclude_none=True)
+    data["candidates"] = [c.model_dump(exclude_none=True) for c in spec.candidates
+                          if not c._from_registry_pool]  # fmt: skip
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 

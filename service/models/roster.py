@@ -79,7 +79,12 @@ def followed(
         )
     entries = [in_file.get(n) or CandidateSpec.model_validate(added[n]) for n in models]
     initial = pool.initial if pool.initial in models else None
-    return pool.model_copy(update={"candidates": entries, "initial": initial})
+    update: dict[str, Any] = {"candidates": entries, "initial": initial}
+    if pool.mlflow_pool is not None:  # its candidates removed: it must not make them again
+        gone = [c.name for c in pool.candidates if c._from_registry_pool and c.name not in models]
+        exclude = [*pool.mlflow_pool.exclude, *gone]
+        update["mlflow_pool"] = pool.mlflow_pool.model_copy(update={"exclude": exclude})
+    return pool.model_copy(update=update)
 
 
 def follow(

@@ -36,7 +36,8 @@ class StateRoutes(RouterBase):
         """The pool being served: features per instance, class names, candidates."""
         return schemas.PoolInfo(
             n_features=self.pool.n_features, classes=self.pool.class_names,
-            candidates=[schemas.PoolCandidate(name=c.name, kind=c.kind)  # type: ignore[arg-type]
+            candidates=[schemas.PoolCandidate(name=c.name, kind=c.kind,  # type: ignore[arg-type]
+                                              registry=c.mlflow)
                         for c in self.pool.candidates],
             initial=self.pool.initial or self.names[0], image_shape=self.pool.image_shape,
         )  # fmt: skip
