@@ -23,6 +23,7 @@ from ray.serve import Application
 from service.config.settings import Settings
 from service.http.auth import TokenError, TokenSpec, check_access, read_tokens, token_table
 from service.http.router import Router
+from service.models import registry
 from service.models.candidates import Candidates
 from service.models.demo_data import ensure_demo
 from service.models.loaders import load_pool
@@ -102,13 +103,19 @@ def check_cluster(settings: Settings) -> None:
 def build(settings: Settings, checked_pool: Path | None = None) -> Application:
     """The application; `checked_pool` is a pool file `resolve_pool_file` already checked."""
     settings = settings.model_copy(update={"state_dir": settings.state_dir.resolve()})
+    registry.use_tracking_uri(settings.mlflow_tracking_uri)  # `mlflow:` candidates load here
     tokens = token_table(access_tokens(settings))  # first: no open door, whatever else
     check_cluster(settings)
     check_store(settings)
     pool_file = str(checked_pool or resolve_pool_file(settings))
     candidates = Candidates.options(  # type: ignore[attr-defined]
         **candidates_scaling(settings)
-    ).bind(pool_file, settings.model_timeout_s, settings.max_resident_models)
+    ).bind(
+        pool_file,
+        settings.model_timeout_s,
+        settings.max_resident_models,
+        settings.mlflow_tracking_uri,
+    )
     router = Router.options(  # type: ignore[attr-defined]
         num_replicas=settings.router_replicas,
         max_replicas_per_node=settings.router_replicas_per_node,

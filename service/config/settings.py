@@ -154,6 +154,24 @@ class Settings(BaseSettings):
         description="serve every route to anyone, with no tokens, on an address other than "
         "127.0.0.1: never in production",
     )
+    mlflow_tracking_uri: str | None = Field(
+        None, repr=False, max_length=2048,
+        validation_alias=AliasChoices("PICKSERVE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI",
+                                      "mlflow_tracking_uri"),
+        description="MLflow tracking server (and registry): where `mlflow:` candidates are "
+        "loaded from and, unless mlflow_tracking is false, every round is written as a run",
+    )  # fmt: skip
+    mlflow_tracking: bool = Field(
+        True, description="with a tracking URI: write every round as an MLflow run"
+    )
+    mlflow_experiment: str = Field(
+        "pickserve", min_length=1, max_length=256, description="the MLflow experiment of the runs"
+    )
+    mlflow_champion_alias: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$",
+        description="move this registered-model alias (e.g. champion) to the served "
+        "candidate's version after every swap (registry candidates only)",
+    )  # fmt: skip
     knobs: RuntimeKnobs = Field(default_factory=RuntimeKnobs)
 
     @model_validator(mode="after")
@@ -162,6 +180,11 @@ class Settings(BaseSettings):
         if self.shadow_max_replicas is not None and self.shadow_max_replicas < self.shadow_replicas:
             raise ValueError("shadow_max_replicas must be at least shadow_replicas")
         return self
+
+    @property
+    def tracking(self) -> bool:
+        """Every round an MLflow run (`service.replica.tracking`)."""
+        return self.mlflow_tracking and self.mlflow_tracking_uri is not None
 
     def limits(self) -> Limits:
         return Limits(self.max_request_bytes, self.max_header_bytes, self.max_headers,

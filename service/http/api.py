@@ -25,6 +25,7 @@ from service.replica.canary import CanaryStats
 from service.replica.loops import ReplicaRuntime
 from service.replica.serving import Server
 from service.replica.shadow import ShadowEvaluator
+from service.replica.tracking import TrackingTicks
 from service.state.live import LiveState
 from service.state.rules import KeyReusedError, Selection
 from service.state.store.base import StoreError
@@ -159,6 +160,7 @@ class RouterBase:
     shadow: ShadowEvaluator
     rng: np.random.Generator
     canary_stats: CanaryStats
+    tracking: TrackingTicks | None
     _last_metrics: tuple[dict[str, float], int]
 
     @property

@@ -32,6 +32,7 @@ from service.http.routes.candidates import CandidateRoutes
 from service.http.routes.inference import InferenceRoutes
 from service.http.routes.labeling import LabelingRoutes
 from service.http.routes.state import StateRoutes
+from service.models import registry
 from service.models.pool_file import PoolSpec, read_pool_spec
 from service.models.resident import ResidencyMetrics, open_pool
 from service.models.runner import ModelRunner
@@ -40,6 +41,7 @@ from service.replica.health import PROBE_S
 from service.replica.loops import ReplicaRuntime
 from service.replica.serving import Server
 from service.replica.shadow import ShadowEvaluator
+from service.replica.tracking import TRACKING_S, JournalWriter, TrackingConfig, TrackingTicks
 from service.state.follow import follow_store
 from service.state.live import LiveState
 from service.state.rules.swaps import canary_key
@@ -64,6 +66,7 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
         token_table: list[dict[str, Any]],
     ) -> None:
         self.settings = settings = Settings.model_validate_json(settings_json)
+        registry.use_tracking_uri(settings.mlflow_tracking_uri)  # before any model loads
         _limits["limits"] = settings.limits()
         if not token_table:  # however the app was built: no open door off loopback
             check_access(settings.host, [], settings.allow_insecure)
@@ -104,6 +107,10 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
         self._residency_metrics: ResidencyMetrics | None = None
         self.canary_stats = CanaryStats()
         self.runtime.also_every(self._canary_tick, settings.selection_refresh_s)
+        self.tracking: TrackingTicks | None = None
+        if settings.tracking:
+            self.tracking = self._tracking_ticks(settings)
+            self.runtime.also_every(self.tracking.tick, TRACKING_S)
         self.runtime.also_every(self.sync_pool, settings.selection_refresh_s)
         self.shadow = ShadowEvaluator(
             candidates, self.state, self.runtime.run_store, self.runtime.counters,
@@ -111,6 +118,18 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
             settings.shadow_batch_wait_s, self._shadow_timeout_s(), len(self.pool.class_names),
             lambda: self.names, lambda: self.runtime.selection, lambda: self.priors,
         )  # fmt: skip
+
+    def _tracking_ticks(self, settings: Settings) -> TrackingTicks:
+        """Every round an MLflow run, from the store's journal (`service.replica.tracking`)."""
+        config = TrackingConfig(settings.mlflow_experiment, settings.store_namespace,
+                                settings.mlflow_champion_alias)  # fmt: skip
+        writer = JournalWriter(
+            self.state,
+            config,
+            lambda: {c.name: c.mlflow for c in self.pool.candidates},
+            lambda: self.runtime.knobs.model_dump(),
+        )
+        return TrackingTicks(writer, self.runtime.run_store, lambda: self.knobs.query_ttl_s)
 
     async def _report_residency(self) -> None:
         """This replica's on-demand model loads, into the shared counters (the same on

@@ -17,8 +17,10 @@ from service.state.rules import (
     RoundRecord,
     Tally,
     audit_key,
+    queue_key,
     tally_key,
 )
+from service.state.rules.journal import journal_key, record_point
 from service.state.store.base import StoreError, Txn
 
 
@@ -110,6 +112,27 @@ class Rounds(LiveCore):
             return rules.advance(new_op("canary"), current, key, steps, now, why)
 
         self._transact(attempt)
+
+    # ---- the journal (an outbox of the round's history, `rules.journal`) ------------------
+
+    def record_point(self, now: float, ttl_s: float) -> dict[str, Any] | None:
+        """The current round's point in its journal, unless one at this label count is
+        there already; returns the point written (None: nothing new)."""
+
+        def attempt() -> tuple[Txn | None, Any]:
+            current = self.selection(recent_swaps=0)
+            key = journal_key(current.picker.round)
+            last = self.backend.log(key, 1)
+            depth = self.backend.count(queue_key(current.picker.round),
+                                       rules.lease_window(now, ttl_s)[0])  # fmt: skip
+            txn = record_point(current, int(last[-1]["step"]) if last else None, depth, now)
+            return txn, None if txn is None else txn.result
+
+        return self._transact(attempt)[1]  # type: ignore[no-any-return]
+
+    def journal(self, round_number: int, last: int) -> list[dict[str, Any]]:
+        """The newest `last` points of a round's journal, oldest first."""
+        return [dict(p) for p in self.backend.log(journal_key(round_number), last)]
 
     # ---- history -----------------------------------------------------------------------
 

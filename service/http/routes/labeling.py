@@ -140,8 +140,20 @@ class LabelingRoutes(RouterBase):
                 counters.inc("labels", result.outcome)
         accepted = [r.item_id for r in done if r.outcome == "accepted"]
         selection = await self._reconcile_after_labels(accepted[-1] if accepted else None)
+        if accepted and self.tracking is not None:
+            await self._journal_point()
         return _feedback_answer(done, failure, len(request.labels), key,
                                 self.names[selection.served], selection.version)  # fmt: skip
+
+    async def _journal_point(self) -> None:
+        """The round's point after this label batch (`rules.journal`); if the store fails
+        now, the tracking loop records it on its next tick."""
+        assert self.tracking is not None
+        try:
+            await self.tracking.record()
+        except StoreError as error:
+            logger.warning("journal point after labels failed (the tracking loop retries): %s",
+                           error)  # fmt: skip
 
     async def _reconcile_after_labels(self, trigger: str | None) -> Selection:
         """After every feedback request, whatever its outcomes: the served model follows the

@@ -19,6 +19,7 @@ from service.state.rules.documents import (
     queue_key,
     tally_key,
 )
+from service.state.rules.journal import journal_key
 from service.state.store.base import Put, Txn
 
 
@@ -58,7 +59,7 @@ def new_round(
     forgotten = old + 1 - rounds_kept
     if forgotten >= 0:
         put[tally_key(forgotten)] = Put(None)
-        drop.append(audit_key(forgotten))
+        drop.extend([audit_key(forgotten), journal_key(forgotten)])
     txn = Txn(
         op,
         expect={META: current.meta_version, tally_key(old): current.tally_version,
