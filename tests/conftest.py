@@ -23,7 +23,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 # worker (--dist loadfile), with its module-scoped deployment.
 LONGEST_FIRST = (
     "integration/test_fuzz.py", "integration/test_labelstudio.py",
-    "integration/test_readme_walkthrough.py", "integration/test_drift.py",
+    "integration/test_readme_walkthrough.py", "integration/test_mlflow.py",
+    "integration/test_drift.py",
     "integration/test_pool_errors.py", "integration/test_two_nodes.py",
     "integration/test_state_over_http.py", "integration/test_own_pool.py",
     "integration/test_faults.py", "integration/test_large_pool_mode.py",

@@ -1,4 +1,4 @@
-"""The README's "Bring your own pool" walk-through, run exactly as written.
+"""The README's walk-throughs ("Bring your own pool", and MLflow's), run exactly as written.
 
 Every ```bash block of the section runs in order with bash, in a fresh folder that holds
 the repository's Makefile and .venv (so `make run` and `.venv/bin/python` are the real
@@ -21,45 +21,62 @@ from tests.redis_server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def walkthrough_blocks() -> list[str]:
+def walkthrough_blocks(heading: str = "### A walk-through") -> list[str]:
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("### A walk-through", 1)[1].split("\n## ", 1)[0]
+    section = readme.split(heading, 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)
 
 
-def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
-    blocks = walkthrough_blocks()
-    assert len(blocks) == 5 and blocks[3].startswith("make run")
+def run_blocks(
+    blocks: list[str], folder: Path, env: dict[str, str], up: dict[str, str]
+) -> list[str]:
+    """Run the blocks in order in `folder`; a block naming one of `up`'s commands is left
+    running (as in a shell of its own) until its log shows `up[command]`. The outputs of
+    the others, which must exit 0."""
     for name in ("Makefile", "pyproject.toml", ".venv"):
-        (tmp_path / name).symlink_to(ROOT / name)
-    port = free_port()
-    env = dict(os.environ, PORT=str(port), PICKSERVE_URL=f"http://127.0.0.1:{port}",
-               PICKSERVE_STATE_DIR=str(tmp_path / "state"), RAY_AUTH_MODE="disabled",
-               RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
-    env.pop("RAY_ADDRESS", None)
+        (folder / name).symlink_to(ROOT / name)
     outputs: list[str] = []
-    server: subprocess.Popen[bytes] | None = None
-    log = tmp_path / "make-run.log"
+    servers: list[subprocess.Popen[bytes]] = []
     try:
-        for block in blocks:
-            if block.startswith("make run"):
+        for number, block in enumerate(blocks):
+            waits_for = [ready for command, ready in up.items() if command in block]
+            if waits_for:
+                log = folder / f"block-{number}.log"
                 with log.open("wb") as sink:
-                    server = subprocess.Popen(
-                        ["bash", "-c", block], cwd=tmp_path, env=env,
+                    servers.append(subprocess.Popen(
+                        ["bash", "-c", block], cwd=folder, env=env,
                         stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-                    )  # fmt: skip
-                wait_until_up(server, log)
+                    ))  # fmt: skip
+                wait_until_up(servers[-1], log, waits_for[0])
+                outputs.append("")
                 continue
             result = subprocess.run(
-                ["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
+                ["bash", "-euo", "pipefail", "-c", block], cwd=folder, env=env,
                 capture_output=True, text=True, timeout=300, check=False,
             )  # fmt: skip
             assert result.returncode == 0, (block[:200], result.stdout, result.stderr)
             outputs.append(result.stdout)
     finally:
-        if server is not None:
+        for server in reversed(servers):
             stop(server)
-    checker, served = outputs[2], outputs[3]
+    return outputs
+
+
+def walkthrough_env(folder: Path) -> dict[str, str]:
+    port = free_port()
+    env = dict(os.environ, PORT=str(port), PICKSERVE_URL=f"http://127.0.0.1:{port}",
+               PICKSERVE_STATE_DIR=str(folder / "state"), RAY_AUTH_MODE="disabled",
+               RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
+    blocks = walkthrough_blocks()
+    assert len(blocks) == 5 and blocks[3].startswith("make run")
+    outputs = run_blocks(blocks, tmp_path, walkthrough_env(tmp_path),
+                         {"make run": "pickserve is up"})  # fmt: skip
+    checker, served = outputs[2], outputs[4]
     assert "3 of 3 candidates load" in checker and "accuracy" in checker
     assert "agreement on 285 items" in checker
     assert served.startswith("day 1: served by stump, e.g. "), served
@@ -70,9 +87,9 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert served.count("posterior: {'logreg'") == 3, served
 
 
-def wait_until_up(server: subprocess.Popen[bytes], log: Path) -> None:
+def wait_until_up(server: subprocess.Popen[bytes], log: Path, ready: str) -> None:
     deadline = time.monotonic() + 180
-    while "pickserve is up" not in log.read_text(errors="replace"):
+    while ready not in log.read_text(errors="replace"):
         assert server.poll() is None, log.read_text(errors="replace")
         assert time.monotonic() < deadline, log.read_text(errors="replace")
         time.sleep(0.5)
@@ -86,3 +103,25 @@ def stop(server: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+def test_the_mlflow_walkthrough_runs_as_written(tmp_path: Path) -> None:
+    """Register two models in a real MLflow server, serve them by registry URI, label, and
+    read the round's run and the champion alias back through MLflow's client."""
+    blocks = walkthrough_blocks("### An MLflow walk-through")
+    assert len(blocks) == 5
+    env = {**walkthrough_env(tmp_path), "MLFLOW_PORT": str(free_port())}
+    up = {"mlflow server": "Uvicorn running on", "make run": "pickserve is up"}
+    outputs = run_blocks(blocks, tmp_path, env, up)
+    checker, served = outputs[2], outputs[4]
+    print(served)  # what the README shows of a run
+    assert "2 of 2 candidates load" in checker and "registry" in checker, checker
+    assert "cancer v1, run" in checker and "cancer v2" in checker, checker  # (may wrap)
+    assert "@challenger" in checker, checker
+    days = re.findall(r"day \d: (\d+) labels, serving (\w+)", served)
+    assert len(days) == 6 and int(days[-1][0]) > 0, served
+    run = re.search(r"round-0: (\d+) points; posterior.logreg [0-9.]+ after (\d+) labels", served)
+    assert run is not None and int(run.group(2)) == int(days[-1][0]), served
+    assert int(run.group(1)) >= 2, served  # a point per label batch
+    version = {"stump": "1", "logreg": "2"}[days[-1][1]]
+    assert f"champion: cancer version {version}" in served, served  # the served one's
