@@ -76,8 +76,9 @@ def test_the_pool_is_described(client: httpx.Client) -> None:
     pool = client.get("/v1/pool").json()
     assert pool == {
         "n_features": 30, "classes": ["malignant", "benign"], "initial": "nb", "image_shape": None,
-        "candidates": [{"name": "logreg", "kind": "sklearn"}, {"name": "nb", "kind": "sklearn"},
-                       {"name": "rule", "kind": "python"}],
+        "candidates": [{"name": "logreg", "kind": "sklearn", "registry": None},
+                       {"name": "nb", "kind": "sklearn", "registry": None},
+                       {"name": "rule", "kind": "python", "registry": None}],
     }  # fmt: skip
 
 
