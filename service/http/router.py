@@ -129,7 +129,8 @@ class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
             lambda: {c.name: c.mlflow for c in self.pool.candidates},
             lambda: self.runtime.knobs.model_dump(),
         )
-        return TrackingTicks(writer, self.runtime.run_store, lambda: self.knobs.query_ttl_s)
+        return TrackingTicks(writer, self.runtime.run_store, lambda: self.knobs.query_ttl_s,
+                             self.runtime.counters)  # fmt: skip
 
     async def _report_residency(self) -> None:
         """This replica's on-demand model loads, into the shared counters (the same on

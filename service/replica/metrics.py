@@ -44,6 +44,10 @@ COUNTERS = {
         (),
     ),
     "model_load_seconds": ("Seconds router replicas spent loading models on demand", ()),
+    "mlflow_points": (
+        "Journal points (one per label batch) written to MLflow runs (PICKSERVE_MLFLOW_*)",
+        (),
+    ),
     "queries": ("Items the picker queued for labeling", ()),
     "labels": (
         "Labels posted, by outcome (accepted, duplicate, unknown, invalid, leased)",
@@ -56,7 +60,8 @@ COUNTERS = {
     "errors": (
         "Errors, by kind: model (a served or called model failed), timeout (a model call "
         "or a shadow batch ran past model_timeout_s), store, shadow (a shadow batch failed), "
-        "nonfinite (a model's non-finite output in shadow work, per item)",
+        "nonfinite (a model's non-finite output in shadow work, per item), mlflow (a pass of "
+        "the MLflow writer failed: MLflow down or refusing; the journal waits in the store)",
         ("kind",),
     ),
 }
@@ -101,7 +106,7 @@ class LocalCounters:
 KNOWN_LABELS: dict[str, tuple[str, ...]] = {
     "shadow_items": ("done", "shed"),
     "labels": ("accepted", "duplicate", "unknown", "invalid", "leased"),
-    "errors": ("model", "timeout", "store", "shadow", "nonfinite"),
+    "errors": ("model", "timeout", "store", "shadow", "nonfinite", "mlflow"),
 }
 
 

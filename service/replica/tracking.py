@@ -42,6 +42,7 @@ from typing import Any
 from service.models import registry
 from service.models.pool_file import one_line
 from service.models.registry import RegistryError, RegistryRef
+from service.replica.metrics import LocalCounters
 from service.state.live import LiveState
 from service.state.rules import META, SWAPS, Tally, tally_key
 from service.state.store.base import Doc, Put, StoreError, Txn
@@ -118,6 +119,7 @@ class JournalWriter:
     _fresh: bool = True  # the lease was (re)taken: read MLflow's own history first
     _refs: dict[str, RegistryRef] = field(default_factory=dict)
     _alias_set: tuple[str, str] | None = None
+    points_written: int = 0  # by this writer, since it started
 
     # ---- the lease -------------------------------------------------------------------------
 
@@ -182,6 +184,7 @@ class JournalWriter:
         points = [p for p in self.live.journal(number, POINTS_READ) if p["step"] > cursor.step]
         for chunk in _chunks(points):
             self.client.log_batch(run_id, metrics=_metrics(chunk))
+            self.points_written += len(chunk)
             cursor.step = int(chunk[-1]["step"])
             cursor = self._save(number, cursor)
         swaps = [s for s in self.live.backend.log(SWAPS, self.live.retention.log_cap)
@@ -346,8 +349,9 @@ class TrackingTicks:
     then let the writer copy the journal to MLflow in a thread of its own."""
 
     def __init__(self, writer: JournalWriter, run_store: Callable[..., Any],
-                 ttl_s: Callable[[], float]) -> None:  # fmt: skip
+                 ttl_s: Callable[[], float], counters: LocalCounters) -> None:  # fmt: skip
         self.writer, self.run_store, self.ttl_s = writer, run_store, ttl_s
+        self.counters, self._counted = counters, 0
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="pickserve-mlflow")
         self.failing: str | None = None  # why the last pass failed (None: it did not)
 
@@ -357,6 +361,15 @@ class TrackingTicks:
 
     async def tick(self) -> None:
         await self.record()
+        try:
+            await self._write()
+        finally:  # points that reached MLflow count, whatever the pass ended with
+            written = self.writer.points_written
+            if written > self._counted:
+                self.counters.inc("mlflow_points", value=written - self._counted)
+                self._counted = written
+
+    async def _write(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self.executor, self.writer.sync, time.time())
@@ -365,6 +378,7 @@ class TrackingTicks:
         except StoreError:
             raise
         except Exception as error:  # MLflow down or refusing: the journal waits in the store
+            self.counters.inc("errors", "mlflow")
             reason = one_line(error)
             if reason != self.failing:
                 logger.warning("MLflow tracking waits (the journal is kept): %s", reason)
@@ -373,6 +387,3 @@ class TrackingTicks:
         if self.failing is not None:
             logger.info("MLflow tracking caught up")
         self.failing = None
-
-    def stop(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import joblib
 import numpy as np
 import pytest
@@ -132,6 +133,14 @@ def caught_up(registry: Any, experiment: str, number: int, labels: int) -> Any |
     return run if steps and max(steps) == labels else None
 
 
+def metric(client: httpx.Client, series: str) -> float:
+    """One series of /metrics (0 when it is not there)."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def histories(registry: Any, run: Any) -> dict[str, list[tuple[int, float, int]]]:
     """Every metric of a run: its (step, value, timestamp) points, in step order."""
     keys = registry.get_run(run.info.run_id).data.metrics
@@ -182,6 +191,9 @@ def test_a_registry_pool_converges_and_every_round_is_a_run(
     for name in registered:
         assert [s for s, _, _ in metrics[f"posterior.{name}"]] == steps
     assert metrics[f"posterior.{target}"][-1][1] >= 0.9
+    written = eventually(lambda: metric(client, "pickserve_mlflow_points_total") == len(steps),
+                         what="the points counted once in /metrics")  # fmt: skip
+    assert written  # two replicas, each point written (and counted) once
     print(
         f"\nregistry loop: {progress.items_served} items, {selection['labels']} labels, "
         f"{len(steps)} points in MLflow, posterior {metrics[f'posterior.{target}'][-1][1]:.3f}"
@@ -253,6 +265,7 @@ def test_mlflow_down_for_part_of_a_round_loses_nothing_and_writes_nothing_twice(
     assert during.labels_posted > 0 and during.items_served >= 1600  # no request failed
     run = eventually(lambda: caught_up(registry, experiment, 0, selection["labels"]),
                      what="the journal written after the outage")  # fmt: skip
+    assert metric(client, 'pickserve_errors_total{kind="mlflow"}') > 0  # the outage, counted
 
     # the same journal, written by a writer that never saw the outage
     namespace = deploy.namespace  # type: ignore[attr-defined]
