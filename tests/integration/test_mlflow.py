@@ -158,7 +158,7 @@ def swaps_of(registry: Any, run: Any) -> list[dict[str, Any]]:
 
 def test_a_registry_pool_converges_and_every_round_is_a_run(
     deploy: Deploy, demo: DemoData, mlflow_server: MlflowServer, registry: Any,
-    registered: dict[str, str], tmp_path: Path,
+    registered: dict[str, str], tmp_path: Path, state_dir: Path,
 ) -> None:  # fmt: skip
     pool = registry_pool(demo, registered, tmp_path / "pool")
     experiment = "journey"
@@ -191,6 +191,13 @@ def test_a_registry_pool_converges_and_every_round_is_a_run(
     for name in registered:
         assert [s for s, _, _ in metrics[f"posterior.{name}"]] == steps
     assert metrics[f"posterior.{target}"][-1][1] >= 0.9
+    live = LiveState(
+        open_backend(
+            Settings(state_dir=state_dir, store="embedded", store_namespace=deploy.namespace)
+        )
+    )  # type: ignore[attr-defined]
+    assert [p["step"] for p in live.journal(0, 100_000)] == steps  # the whole journal, once
+    live.backend.close()
     written = eventually(lambda: metric(client, "pickserve_mlflow_points_total") == len(steps),
                          what="the points counted once in /metrics")  # fmt: skip
     assert written  # two replicas, each point written (and counted) once
