@@ -92,3 +92,28 @@ def register(url: str, model: Any, name: str, features: Any, signature: bool = T
             skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(model)),
         )  # fmt: skip
     return str(info.registered_model_version)
+
+
+def register_pyfunc(url: str, estimator: Any, name: str, features: Any, classes: int) -> str:
+    """`estimator` as a pyfunc model (`predict` gives its class probabilities), registered
+    as a version of `name`, with a signature of `classes` output columns."""
+    import mlflow
+    import mlflow.pyfunc
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from tests.fixtures.pyfunc_models import ClassProbabilities
+
+    mlflow.set_tracking_uri(url)
+    mlflow.set_experiment("registered-models")
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype("float64"), (-1, features.shape[1]))]),
+        outputs=Schema([TensorSpec(np.dtype("float64"), (-1, classes))]),
+    )
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=ClassProbabilities(estimator),
+            registered_model_name=name, signature=signature, pip_requirements=["scikit-learn"],
+        )  # fmt: skip
+    return str(info.registered_model_version)

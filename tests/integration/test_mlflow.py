@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ from service.state.store.factory import open_backend
 from service.tools.demo import drive
 from tests.integration.conftest import Deploy
 from tests.integration.test_label_page import CHROMIUM_FLAGS
-from tests.mlflow_server import MlflowServer, register
+from tests.mlflow_server import MlflowServer, register, register_pyfunc
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -478,3 +479,45 @@ def test_a_writer_taking_over_never_writes_a_point_twice_and_drift_is_on_both_ru
     following = round_run(registry, "takeover", 1)
     assert following.data.tags["pickserve.started_by"] == "drift"
     assert following.data.params["round"] == "1" and following.info.status == "RUNNING"
+
+
+def test_a_pyfunc_candidate_answers_with_its_class_probabilities(
+    demo: DemoData, mlflow_server: MlflowServer, registered: dict[str, str], tmp_path: Path
+) -> None:
+    """The same estimator as a scikit-learn version and as a pyfunc one: the same accuracy
+    on the stream; a pyfunc whose signature declares other outputs is refused in one line."""
+    name = next(iter(registered))
+    entry = next(c for c in yaml.safe_load(demo.pool_file.read_text())["candidates"]
+                 if c["name"] == name)  # fmt: skip
+    estimator = joblib.load(demo.pool_file.parent / entry["sklearn"])
+    rows = demo.stream_features[:5]
+    as_pyfunc = register_pyfunc(mlflow_server.url, estimator, "digits-pyfunc", rows, 10)
+    narrow = register_pyfunc(mlflow_server.url, estimator, "digits-pyfunc", rows, 3)
+    pool_spec = yaml.safe_load(demo.pool_file.read_text())
+    pool_spec.pop("initial")
+    pool_spec["candidates"] = [
+        {"name": "as-sklearn", "mlflow": f"models:/digits/{registered[name]}"},
+        {"name": "as-pyfunc", "mlflow": f"models:/digits-pyfunc/{as_pyfunc}"},
+        {"name": "pyfunc-3", "mlflow": f"models:/digits-pyfunc/{narrow}"},
+    ]
+    (tmp_path / "pool.yaml").write_text(yaml.safe_dump(pool_spec))
+    np.save(tmp_path / "x.npy", demo.stream_features[:400])
+    np.save(tmp_path / "y.npy", demo.stream_labels[:400])
+    checked = run_service("check-pool", str(tmp_path / "pool.yaml"), "--data",
+                          str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"),
+                          tracking_uri=mlflow_server.url)  # fmt: skip
+    assert checked.returncode == 2
+    (line,) = [x for x in checked.stderr.splitlines() if x.startswith("error:")]
+    assert line.endswith("its signature returns 3 columns, the pool has 10 classes (a pyfunc "
+                         "candidate returns one probability per class)")  # fmt: skip
+    accuracy = {
+        found.group(1): float(found.group(2))
+        for found in (re.match(r"│ (as-\w+) .*│\s+([0-9.]+) │$", x.strip())
+                      for x in checked.stdout.splitlines())
+        if found
+    }  # fmt: skip
+    truth = float(
+        np.mean(estimator.predict(demo.stream_features[:400]) == demo.stream_labels[:400])
+    )
+    assert accuracy == {"as-sklearn": pytest.approx(truth, abs=5e-4),
+                        "as-pyfunc": pytest.approx(truth, abs=5e-4)}, checked.stdout  # fmt: skip
