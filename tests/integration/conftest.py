@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -140,3 +141,17 @@ def shared_client(
     deployer = Deployer(serve_port, state_dir, redis_server.url)
     yield deployer(shadow_rate=1.0, gamma=50.0)
     deployer.close()
+
+
+def settled_metrics(client: httpx.Client, timeout_s: float = 60.0) -> str:
+    """/metrics once two reads 1.5 s apart (three counter flushes) agree: the work the
+    traffic left behind (shadow batches in flight) is counted."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        text = client.get("/metrics").text
+        if text == last:
+            return text
+        assert time.monotonic() < deadline, "/metrics did not settle"
+        last = text
+        time.sleep(1.5)

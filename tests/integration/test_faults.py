@@ -15,7 +15,7 @@ from ray import serve
 
 from picker import loss_increments
 from service.models.demo_data import DemoData
-from tests.integration.conftest import APP, Deploy
+from tests.integration.conftest import APP, Deploy, settled_metrics
 from tests.integration.test_api import fill_queue
 from tests.redis_server import RedisServer
 
@@ -61,8 +61,9 @@ def test_concurrent_labels_through_two_replicas(deploy: Deploy, demo: DemoData, 
     selection = client.get("/v1/selection").json()
     np.testing.assert_allclose(list(selection["losses"].values()), expected, rtol=1e-9)
     assert selection["labels"] == len(labels)
-    # /metrics reads the same whichever replica answers (after the 0.5 s counter flush)
-    time.sleep(1.5)
+    # /metrics reads the same whichever replica answers, once the counters settled: the
+    # last shadow batches (shadow_rate 1) may still be evaluated and flushed (0.5 s apart)
+    settled_metrics(client)
     scrapes: dict[str, set[str]] = {}
     with ThreadPoolExecutor(max_workers=4) as pool:
         for answer in pool.map(lambda _: httpx.get(f"{client.base_url}/metrics"), range(16)):
