@@ -277,8 +277,10 @@ def check_place(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> None:
     try:
         if spec.python is not None:
             _check_module_place(spec.python.split(":")[0], pool_file, pool)
-        elif spec.mlflow is None:  # a registry version: checked when it is loaded
+        elif spec.mlflow is None:
             _model_file(pool_file.parent, spec.source)
+        elif registry.tracking_uri() is None:  # a registry version is checked when loaded
+            raise _CandidateError(registry.NOT_CONFIGURED)
     except _CandidateError as reason:
         raise _failure(spec, pool_file, reason) from None
 

@@ -41,6 +41,12 @@ _CLIENT_DEFAULTS = {
 }
 
 
+NOT_CONFIGURED = (
+    "no MLflow tracking server is configured: set PICKSERVE_MLFLOW_TRACKING_URI "
+    "(or MLFLOW_TRACKING_URI)"
+)
+
+
 class RegistryError(Exception):
     """Why a registry candidate cannot be served, in one line."""
 
@@ -95,10 +101,7 @@ def client() -> Any:
     """An MlflowClient for the configured tracking server (which also serves the registry)."""
     uri = tracking_uri()
     if uri is None:
-        raise RegistryError(
-            "no MLflow tracking server is configured: set PICKSERVE_MLFLOW_TRACKING_URI "
-            "(or MLFLOW_TRACKING_URI)"
-        )
+        raise RegistryError(NOT_CONFIGURED)
     for variable, value in _CLIENT_DEFAULTS.items():
         os.environ.setdefault(variable, value)
     try:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from picker import PickerState
 from service.models.isolated import child_environment
+from service.models.loaders import check_place
 from service.models.pool_file import CandidateSpec, PoolLoadError, read_pool_spec, write_pool_file
 from service.models.registry import (
     RegistryError,
@@ -209,3 +210,20 @@ def test_a_registry_candidates_child_alone_gets_the_way_to_the_registry() -> Non
         "PATH": "/bin",
         "PICKSERVE_MLFLOW_TRACKING_URI": "http://u:p@h",
     }
+
+
+def test_without_a_tracking_server_a_registry_candidate_is_refused_before_any_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("PICKSERVE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(variable, raising=False)
+    path = tmp_path / "pool.yaml"
+    path.write_text("n_features: 4\nclasses: 2\ncandidates:\n  - {name: a, mlflow: 'models:/m/1'}\n"
+                    "  - {name: b, mlflow: 'models:/m/2'}\n")  # fmt: skip
+    pool = read_pool_spec(path)
+    with pytest.raises(PoolLoadError) as refused:
+        check_place(pool.candidates[0], path, pool)  # what POST /v1/candidates asks first
+    assert str(refused.value).endswith(
+        "candidate 'a' (mlflow models:/m/1): no MLflow tracking server is configured: set "
+        "PICKSERVE_MLFLOW_TRACKING_URI (or MLFLOW_TRACKING_URI)"
+    )
