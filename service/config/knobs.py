@@ -150,6 +150,22 @@ class RuntimeKnobs(Strict):
         0, ge=0, le=1_000_000,
         description="labels needed since the last swap (in this round) before another",
     )  # fmt: skip
+    overlap_rate: float = Field(
+        0.1, ge=0, le=1,
+        description="share of labeled items handed to a second labeler (another token) after "
+        "the first label, and to a third when the two disagree: evidence of each labeler's "
+        "accuracy (GET /v1/labelers). Needs tokens (with none, everyone is one labeler)",
+    )  # fmt: skip
+    gold_rate: float = Field(
+        0.05, ge=0, lt=1,
+        description="share of the items handed to a labeler that are gold items (POST "
+        "/v1/gold: a known answer; never a selection label), each at most once per labeler",
+    )  # fmt: skip
+    labeler_min_accuracy: float = Field(
+        0.7, gt=0, le=1,
+        description="a labeler whose estimated accuracy is below this with 95 % confidence "
+        "is flagged (GET /v1/labelers)",
+    )  # fmt: skip
     lease_s: float = Field(60.0, gt=0, le=86_400, description="how long a labeler holds items")
     query_ttl_s: float = Field(
         86_400.0, gt=0, le=30 * 86_400, description="a queued item expires after this"

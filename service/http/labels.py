@@ -23,14 +23,7 @@ def check_labels(
     seen: set[str] = set()
     resolved, problems = [], []
     for label in labels:
-        if isinstance(label.label, str):
-            index = class_names.index(label.label) if label.label in class_names else None
-            if index is None:
-                detail = f"label {label.label!r} is not a class name ({_listed(class_names)})"
-        else:
-            index = label.label if 0 <= label.label < len(class_names) else None
-            if index is None:
-                detail = f"label {label.label} is outside the classes 0..{len(class_names) - 1}"
+        index, detail = class_index(label.label, class_names)
         if index is not None and label.item_id in seen:
             index, detail = None, "the same item appears twice in this request"
         if index is None:
@@ -41,6 +34,17 @@ def check_labels(
         seen.add(label.item_id)
         resolved.append((label.item_id, index))
     return resolved, problems
+
+
+def class_index(label: int | str, class_names: Sequence[str]) -> tuple[int | None, str]:
+    """A label's class index (a class index or a class name), or None and why not."""
+    if isinstance(label, str):
+        if label in class_names:
+            return class_names.index(label), ""
+        return None, f"label {label!r} is not a class name ({_listed(class_names)})"
+    if 0 <= label < len(class_names):
+        return label, ""
+    return None, f"label {label} is outside the classes 0..{len(class_names) - 1}"
 
 
 def _listed(names: Sequence[str], most: int = 20) -> str:
@@ -61,10 +65,12 @@ def apply_labels(
     done: list[LabelResult],
     by: str = "anonymous",
     delta: float | None = None,
+    overlap_rate: float = 0.0,
 ) -> None:
     """Apply labels in order, appending each result to `done` as it is known, so that a
     store failure part-way leaves the caller with the labels that were decided (`delta`:
-    the elimination test's level, in the large-pool mode)."""
+    the elimination test's level, in the large-pool mode; `overlap_rate`: the share of items
+    that wait for a second labeler)."""
     for item_id, label in labels:
         op = label_op(request_key, item_id)
-        done.append(live.label(op, item_id, label, now, ttl_s, by, delta))
+        done.append(live.label(op, item_id, label, now, ttl_s, by, delta, overlap_rate))

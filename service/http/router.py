@@ -1,5 +1,6 @@
 """The ingress: one Ray Serve deployment whose routes live in one module per resource
-(`routes/inference.py`, `routes/labeling.py`, `routes/state.py`, `routes/candidates.py`).
+(`routes/inference.py`, `routes/labeling.py`, `routes/labelers.py`, `routes/state.py`,
+`routes/candidates.py`).
 This module sets a replica up and runs its background ticks; the rules are
 `service.state.rules`, the math is `picker`'s, the background work is
 `service.replica.loops`'s."""
@@ -26,10 +27,12 @@ from service.http.api import (
 from service.http.auth import Authenticator, check_access
 from service.http.routes import candidates as routes_candidates
 from service.http.routes import inference as routes_inference
+from service.http.routes import labelers as routes_labelers
 from service.http.routes import labeling as routes_labeling
 from service.http.routes import state as routes_state
 from service.http.routes.candidates import CandidateRoutes
 from service.http.routes.inference import InferenceRoutes
+from service.http.routes.labelers import LabelerRoutes
 from service.http.routes.labeling import LabelingRoutes
 from service.http.routes.state import StateRoutes
 from service.models import registry
@@ -51,13 +54,19 @@ from service.state.store.factory import open_backend, retention
 # rewriting each method's signature, then ships the app to the replicas. Methods defined in
 # other modules would travel by reference and arrive without that rewrite: send them whole
 # (which is also why those modules evaluate their annotations: no `from __future__`).
-for _module in (routes_inference, routes_labeling, routes_state, routes_candidates):
+for _module in (
+    routes_inference,
+    routes_labeling,
+    routes_labelers,
+    routes_state,
+    routes_candidates,
+):
     ray.cloudpickle.register_pickle_by_value(_module)  # type: ignore[no-untyped-call]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)
 @serve.ingress(api)
-class Router(InferenceRoutes, LabelingRoutes, StateRoutes, CandidateRoutes):
+class Router(InferenceRoutes, LabelingRoutes, LabelerRoutes, StateRoutes, CandidateRoutes):
     async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async constructor
         self,
         candidates: DeploymentHandle[Any],

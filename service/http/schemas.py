@@ -312,3 +312,48 @@ class CandidateChange(Strict):
         None, ge=0, description="an added candidate's loss, backfilled from the round's labels"
     )
     labels: int | None = Field(None, ge=0, description="the labels its loss was computed from")
+
+
+class GoldItem(Strict):
+    instance: list[FiniteFloat] = Field(
+        ..., min_length=1, max_length=MAX_FEATURES, description="the features (n_features)"
+    )
+    label: (
+        Annotated[int, Field(strict=True, ge=-(2**31), le=2**31)]
+        | Annotated[Text, Field(min_length=1, max_length=256)]
+    ) = Field(..., description="the known class: its index, or its name (a string)")
+
+
+class GoldRequest(Strict):
+    items: list[GoldItem] = Field(
+        ..., min_length=1, max_length=1000, description="items with a known answer"
+    )
+
+
+class GoldResponse(Strict):
+    item_ids: list[str] = Field(..., description="the gold items' ids, in order")
+    gold_items: int = Field(..., ge=0, description="gold items stored now, in all")
+
+
+class LabelerFigures(Strict):
+    name: str = Field(..., description="the labeler: their token's name")
+    labels: int = Field(..., ge=0, description="selection labels they gave")
+    overlaps: int = Field(..., ge=0, description="their labels on items another labeler labeled")
+    gold: int = Field(..., ge=0, description="gold items they answered")
+    accuracy: float = Field(
+        ..., ge=0, le=1, description="estimated share of right labels (Dawid-Skene, one coin)"
+    )
+    accuracy_low: float = Field(..., ge=0, le=1, description="the estimate's 95 % interval, low")
+    accuracy_high: float = Field(..., ge=0, le=1, description="the interval's high end")
+    flagged: bool = Field(
+        ..., description="accuracy below labeler_min_accuracy with confidence (high end below)"
+    )
+
+
+class LabelersResponse(Strict):
+    labelers: list[LabelerFigures] = Field(..., description="every labeler known, by name")
+    min_accuracy: float = Field(..., description="the labeler_min_accuracy knob")
+    overlap_rate: float = Field(
+        ..., description="share of labeled items handed to a second labeler (0 without tokens)"
+    )
+    gold_items: int = Field(..., ge=0, description="gold items stored")

@@ -213,6 +213,18 @@ def _drift_families(selection: Selection) -> Iterable[Metric]:
     yield p_value
 
 
+def labeler_accuracy(accuracies: Mapping[str, float]) -> Metric:
+    """Each labeler's estimated accuracy (GET /v1/labelers has its interval)."""
+    family = GaugeMetricFamily(
+        PREFIX + "labeler_accuracy", "Estimated share of a labeler's labels that are right "
+        "(from overlap items and gold items; Dawid-Skene, one accuracy per labeler)",
+        labels=("labeler",),
+    )  # fmt: skip
+    for name, accuracy in sorted(accuracies.items()):
+        family.add_metric([name], accuracy)
+    return family
+
+
 def gauge(name: str, help_text: str, value: float) -> Metric:
     """A replica-level gauge for `render(extra=...)`."""
     return GaugeMetricFamily(PREFIX + name, help_text, value=float(value))

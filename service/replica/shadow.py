@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from picker.modelpicker import IntArray
 from service.config.knobs import RuntimeKnobs, active_size
 from service.models.candidates import Failed
 from service.models.pool_file import NO_CLASS, NOT_EVALUATED, FloatMatrix
@@ -155,6 +156,17 @@ class ShadowEvaluator:
             self._shed(len(features), kind, result.message)
             return None
         return result
+
+    async def every_prediction(self, features: FloatMatrix) -> IntArray | None:
+        """Every candidate's classes for these rows (gold items, shown to labelers like
+        any item), counted as labeling evaluations; None if the batch failed (counted)."""
+        models = None if self.models is None else tuple(self.models())
+        result = await self._predictions(features, models)
+        if result is None:
+            return None
+        predictions: IntArray = np.asarray(result, dtype=np.int64)
+        self.counters.inc("model_evaluations", "labeling", value=predictions.size)
+        return predictions
 
     def _shed(self, items: int, kind: str, reason: str) -> None:
         self.counters.inc("errors", kind)

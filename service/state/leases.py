@@ -11,9 +11,9 @@ import numpy as np
 from service.state import rules
 from service.state.core import (
     LabelResult,
-    LiveCore,
     new_op,
 )
+from service.state.labelers import Labelers
 from service.state.rules import (
     Item,
     Selection,
@@ -21,10 +21,11 @@ from service.state.rules import (
     queue_key,
     tally_key,
 )
+from service.state.rules import labelers as evidence
 from service.state.store.base import Txn
 
 
-class Leases(LiveCore):
+class Leases(Labelers):
     # ---- labeling ------------------------------------------------------------------------
 
     def lease(
@@ -35,19 +36,39 @@ class Leases(LiveCore):
         ttl_s: float,
         by: str = "anonymous",
         rng: np.random.Generator | None = None,
+        gold_rate: float = 0.0,
     ) -> list[Item]:
         """Hand out to `by` up to `limit` items nobody holds, for lease_s (each item records
         its holder); items found dead (labeled, expired, gone) leave the queue.
         ModelPicker's queue goes oldest first (cost: log(queue) + limit per pass, 3 passes
         at most); a pool-based round's in its belief's order (`_lease_ranked`), ties broken
-        by `rng` (the replica's, from the `seed` knob; a fresh one if none is given)."""
+        by `rng` (the replica's, from the `seed` knob; a fresh one if none is given).
+
+        Overlap items waiting for another labeler (`rules.labelers`) come first, then the
+        queue's; gold items join them at `gold_rate` (a share of the items handed out,
+        never alone). Both are put at random places among the others, so that their
+        place does not tell them apart."""
         current = self.selection(recent_swaps=0, belief=False)
-        if current.pooled:
-            rng = rng if rng is not None else np.random.default_rng()
-            leased = self._lease_ranked(current, limit, now, lease_s, ttl_s, rng)
+        rng = rng if rng is not None else np.random.default_rng()
+        wanted = int(rng.binomial(limit, gold_rate)) if gold_rate > 0 else 0
+        gold = self.gold_items(current, by, wanted, now, rng) if wanted else []
+        real = limit - len(gold)
+        reviews = self._lease_reviews(current, real, now, lease_s, ttl_s, by)
+        rest = real - len(reviews)
+        if rest <= 0:
+            fresh: list[Item] = []
+        elif current.pooled:
+            fresh = self._lease_ranked(current, rest, now, lease_s, ttl_s, rng)
         else:
-            leased = self._lease_oldest(current, limit, now, lease_s, ttl_s)
-        return self._hold(leased, by, now + lease_s)
+            fresh = self._lease_oldest(current, rest, now, lease_s, ttl_s)
+        held = self._hold(fresh, by, now + lease_s)
+        others = self._hold(reviews, by, now + lease_s)
+        # never gold alone: only beside items to label, or instead of them if some wait
+        if held or others or (real == 0 and self.waiting(now, ttl_s) > 0):
+            others += gold
+        for item in others:
+            held.insert(int(rng.integers(len(held) + 1)), item)
+        return held
 
     def _hold(self, items: Sequence[Item], by: str, until: float) -> list[Item]:
         """The leased items record their holder (`rules.hold_items`)."""
@@ -154,17 +175,27 @@ class Leases(LiveCore):
 
     def label(
         self, op: str, item_id: str, label: int, now: float, ttl_s: float,
-        by: str = "anonymous", delta: float | None = None,
+        by: str = "anonymous", delta: float | None = None, overlap_rate: float = 0.0,
     ) -> LabelResult:  # fmt: skip
         """Apply one label once, recording who gave it (see `rules.apply_label`; `delta`:
-        the elimination test's level in the large-pool mode)."""
+        the elimination test's level in the large-pool mode; `overlap_rate`: the share of
+        items that then wait for another labeler). A label for a gold item is an answer
+        to it (`rules.labelers.gold_answer`)."""
         answer: dict[str, Any] = {}
 
         def attempt() -> tuple[Txn | None, Any]:
             item = self._read(item_key(item_id))
+            if item is None:
+                gold = self._read(evidence.gold_key(item_id))
+                if gold is not None:
+                    seen = self._read(evidence.gold_seen_key(by))
+                    outcome, detail, txn = evidence.gold_answer(op, item_id, gold, seen, label,
+                                                                now, by)  # fmt: skip
+                    answer.update(outcome=outcome, detail=detail)
+                    return txn, None
             tally = None if item is None else self._read(tally_key(int(item.value["round"])))
             outcome, detail, txn = rules.apply_label(
-                op, item_id, item, tally, label, now, ttl_s, by, delta
+                op, item_id, item, tally, label, now, ttl_s, by, delta, overlap_rate
             )
             answer.update(outcome=outcome, detail=detail)
             return txn, None

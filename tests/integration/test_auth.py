@@ -52,6 +52,8 @@ def routes(demo: DemoData) -> list[tuple[str, str, tuple[str, ...], Any]]:
         ("GET", "/v1/rounds/0/labels", ("admin",), None),
         ("POST", "/v1/candidates", ("admin",), {"name": "ghost", "sklearn": "nowhere.joblib"}),
         ("DELETE", "/v1/candidates/nope", ("admin",), None),
+        ("POST", "/v1/gold", ("admin",), {"items": [{"instance": row[0], "label": 0}]}),
+        ("GET", "/v1/labelers", ("admin",), None),
         ("GET", "/v2/health/live", (), None),
         ("GET", "/v2/health/ready", (), None),
         ("GET", "/metrics", (), None),
@@ -66,7 +68,9 @@ def client(
 ) -> Iterator[httpx.Client]:
     table = [{"name": NAMES[r], "token": t, "roles": [r]} for r, t in TOKENS.items()]
     deployer = Deployer(serve_port, state_dir, redis_server.url)
-    yield deployer(settings={"tokens": json.dumps(table)}, shadow_rate=1.0, gamma=50.0)
+    # no gold items among leased ones (the routes' test posts one): admins see q on each
+    yield deployer(settings={"tokens": json.dumps(table)}, shadow_rate=1.0, gamma=50.0,
+                   gold_rate=0.0)  # fmt: skip
     deployer.close()
 
 

@@ -124,7 +124,7 @@ def test_a_new_round_closes_the_old_one_and_starts_from_zero(budget: int | None)
     assert fresh.picker == PickerState((0.0, 0.0, 0.0), round=1, budget=budget)
     assert Meta.from_dict(txn.put["meta"].value).round == 1  # type: ignore[arg-type]
     assert txn.expect == {"meta": 4, "tally:0": 9, "tally:1": 0}
-    assert txn.drop == ["queue:0", "pool:0", "labeled:0"]
+    assert txn.drop == ["queue:0", "pool:0", "labeled:0", "reviews:0"]
     assert old.selector == fresh.selector == "modelpicker" and old.posterior is None
 
 

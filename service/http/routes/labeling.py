@@ -21,6 +21,7 @@ from service.http.api import (
 from service.http.auth import Caller
 from service.http.labels import apply_labels, check_labels
 from service.http.limits import AsciiJSONResponse
+from service.http.routes.labelers import overlap_rate
 from service.models.pool_file import NOT_EVALUATED
 from service.state.live import LabelResult, new_op
 from service.state.rules import Selection
@@ -59,13 +60,15 @@ class LabelingRoutes(RouterBase):
                 knobs.query_ttl_s,
                 caller.name,
                 self.rng,
+                knobs.gold_rate,
             )
             depth = await self.runtime.run_store(self.state.queue_depth, now, knobs.query_ttl_s)
         except StoreError as error:
             raise unavailable(error, "the queue") from error
         items = [
             schemas.QueryItem(
-                item_id=i.item_id, instance=list(i.instance), q=i.q if admin else None,
+                item_id=i.item_id, instance=list(i.instance),
+                q=i.q if admin and i.q > 0 else None,  # 0: a gold item
                 round=i.round,
                 predictions=evaluated(self.names, i.predictions) if with_predictions else None,
                 lease_expires_at=now + knobs.lease_s,
@@ -132,6 +135,7 @@ class LabelingRoutes(RouterBase):
                 apply_labels, self.state, labels, key, time.time(),
                 self.knobs.query_ttl_s, done, caller.name,
                 elimination_level(self.knobs, len(self.names)),
+                overlap_rate(self.knobs.overlap_rate),
             )  # fmt: skip
         except StoreError as error:
             failure = error

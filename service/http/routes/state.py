@@ -22,7 +22,7 @@ from service.http.api import (
 )
 from service.http.auth import Caller
 from service.http.views import round_view, selection_view
-from service.replica.metrics import gauge, render
+from service.replica.metrics import gauge, labeler_accuracy, render
 from service.replica.shadow import paced_rate
 from service.state import rules
 from service.state.live import RoundNotKeptError, new_op
@@ -176,8 +176,13 @@ class StateRoutes(RouterBase):
             depth = await self.runtime.run_store(
                 self.state.queue_depth, now, self.knobs.query_ttl_s
             )
+            extra = self._replica_gauges()
+            if full:  # how each person does: for those who may see the picker's figures
+                reports = await self.runtime.run_store(self.state.labeler_reports,
+                                                       len(self.pool.class_names))  # fmt: skip
+                extra.append(labeler_accuracy({r.name: r.estimate.accuracy for r in reports}))
             self._last_metrics = (stored, depth)
-            text = render(stored, selection, depth, True, self._replica_gauges(), full)
+            text = render(stored, selection, depth, True, extra, full)
         except StoreError:
             stored, depth = self._last_metrics
             text = render(stored, self.selection, depth, False, self._replica_gauges(), full)

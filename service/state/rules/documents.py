@@ -210,13 +210,20 @@ class Item:
     expire_at: float | None = None  # the record is forgotten then (Retention.item_s)
     holder: str | None = None  # who leased it last (a token's name), until `lease_until`
     lease_until: float | None = None
+    labeled_by: str | None = None  # who gave the label that counted
+    # An overlap item (`rules.labelers`): the later labels, each {by, label, op, at}, and
+    # whether it still waits for one.
+    reviews: tuple[Mapping[str, Any], ...] = ()
+    review_open: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"round": self.round, "q": self.q, "predictions": list(self.predictions),
                 "instance": list(self.instance), "created_at": self.created_at,
                 "status": self.status, "label": self.label, "op": self.op,
                 "labeled_at": self.labeled_at, "expire_at": self.expire_at,
-                "holder": self.holder, "lease_until": self.lease_until}  # fmt: skip
+                "holder": self.holder, "lease_until": self.lease_until,
+                "labeled_by": self.labeled_by, "reviews": [dict(r) for r in self.reviews],
+                "review_open": self.review_open}  # fmt: skip
 
     def held_by_other(self, by: str, now: float) -> bool:
         """Leased to someone else, and that lease has not ended."""
@@ -233,7 +240,9 @@ class Item:
                    tuple(int(p) for p in data["predictions"]),
                    tuple(float(x) for x in data["instance"]), float(data["created_at"]),
                    data["status"], data["label"], data["op"], data["labeled_at"],
-                   data["expire_at"], data.get("holder"), data.get("lease_until"))  # fmt: skip
+                   data["expire_at"], data.get("holder"), data.get("lease_until"),
+                   data.get("labeled_by"), tuple(data.get("reviews") or ()),
+                   bool(data.get("review_open", False)))  # fmt: skip
 
 
 @dataclass(frozen=True)

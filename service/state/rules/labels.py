@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from picker import PickerState, apply_increments
+from service.state.rules import labelers
 from service.state.rules.documents import (
     ACCEPTED_COUNTER,
     COUNTERS,
@@ -102,6 +103,7 @@ def apply_label(
     ttl_s: float,
     by: str = "anonymous",
     delta: float | None = None,
+    overlap_rate: float = 0.0,
 ) -> tuple[LabelOutcome, str | None, Txn | None]:
     """Apply a label once: L += [f_i(x) != y] / q, labels += 1, the item leaves the queue,
     and the round's audit log records who gave it (`by`) and when. In a pool-based round
@@ -112,14 +114,19 @@ def apply_label(
     A repeat by the op that applied it is answered 'accepted' (the truth for a retry after
     an unclear outcome); any other repeat is 'duplicate'. Stale items are 'unknown'. An
     item someone else holds a live lease on is 'leased' and keeps waiting for its holder's
-    label (a label counts from its holder, or from anyone once no lease holds it)."""
+    label (a label counts from its holder, or from anyone once no lease holds it).
+
+    An item chosen for overlap (`overlap_rate`, `rules.labelers`) then waits for another
+    labeler's label, which `labelers.review_label` records as evidence."""
     if item is None:
         return "unknown", "this item was never queued for labeling (or its record expired)", None
     stored = Item.from_dict(item_id, item.value)
     if stored.status == "labeled":
-        if stored.op == op and stored.label == label:
+        if labelers.replayed(stored, op, label):
             return "accepted", None, None
-        return "duplicate", "this item already has a label; it counted once", None
+        if stored.review_open:
+            return labelers.review_label(op, stored, item, label, now, ttl_s, by)
+        return "duplicate", labelers.ALREADY, None
     round_tally = None if tally is None else Tally.from_dict(tally.value)
     if tally is None or round_tally is None or round_tally.closed:
         return "unknown", "this item belongs to an earlier round", None
@@ -130,9 +137,15 @@ def apply_label(
     picker = apply_increments(round_tally.picker, label_increments(round_tally, stored, label))
     updated = with_label(round_tally, picker, stored, label, delta, now,
                          round_tally.model_names(()))  # fmt: skip
-    labeled = replace(stored, status="labeled", label=label, op=op, labeled_at=now)
-    push = ({labeled_key(stored.round): {item_id: float(updated.picker.labels)}}
-            if round_tally.pooled else {})  # fmt: skip
+    labeled = replace(stored, status="labeled", label=label, op=op, labeled_at=now,
+                      labeled_by=by)  # fmt: skip
+    push: dict[str, dict[str, float]] = (
+        {labeled_key(stored.round): {item_id: float(updated.picker.labels)}}
+        if round_tally.pooled else {}
+    )  # fmt: skip
+    if labelers.chosen_for_overlap(item_id, overlap_rate):
+        labeled, reviews = labelers.open_review(labeled, now)
+        push.update(reviews)
     txn = Txn(
         op,
         expect={item_key(item_id): item.version, tally_key(stored.round): tally.version},
@@ -140,7 +153,8 @@ def apply_label(
              tally_key(stored.round): Put(updated.to_dict())},
         push=push,
         pull={queue_key(stored.round): [item_id]},
-        add={COUNTERS: {ACCEPTED_COUNTER: 1.0}},
+        add={COUNTERS: {ACCEPTED_COUNTER: 1.0},
+             labelers.LABELER_COUNTS: {labelers.count_key("labels", by): 1.0}},
         append={audit_key(stored.round): [
             {"item_id": item_id, "label": label, "by": by, "at": now, "q": stored.q,
              "instance": list(stored.instance)}]},

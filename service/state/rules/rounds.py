@@ -20,6 +20,7 @@ from service.state.rules.documents import (
     tally_key,
 )
 from service.state.rules.journal import journal_key
+from service.state.rules.labelers import reviews_key
 from service.state.store.base import Put, Txn
 
 
@@ -55,7 +56,7 @@ def new_round(
         closed = replace(closed, posterior=tuple(float(w) for w in current.weights()))
     put = {META: Put(meta.to_dict()), tally_key(old): Put(closed.to_dict()),
            tally_key(old + 1): Put(fresh.to_dict())}  # fmt: skip
-    drop = [queue_key(old), pool_key(old), labeled_key(old)]
+    drop = [queue_key(old), pool_key(old), labeled_key(old), reviews_key(old)]
     forgotten = old + 1 - rounds_kept
     if forgotten >= 0:
         put[tally_key(forgotten)] = Put(None)

@@ -44,6 +44,7 @@ class Doc:
 
 AUDIT_PREFIX = "audit:"
 JOURNAL_PREFIX = "journal:"  # a round's journal (`rules.journal`): kept like its audit
+LABELERS_PREFIX = "labelers:"  # the labelers' evidence (`rules.labelers`): kept like an audit
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,8 @@ class Retention:
 
     op_s: op records (what makes a repeated write a no-op) outlive any retry by far.
     log_cap: records kept (the newest) per log, swap records for one.
-    audit_cap: records kept per label audit log (keys starting `audit:`, one per round), and
-        per round journal (`journal:`).
+    audit_cap: records kept per label audit log (keys starting `audit:`, one per round), per
+        round journal (`journal:`), and of the labelers' evidence (`labelers:`).
     rounds_kept: rounds whose record and label audit are kept (the newest).
     item_s: an item's record lives this long after it was queued, so that a late label is
         answered 'expired' rather than 'never queued'; keep it above the query TTL.
@@ -154,8 +155,8 @@ class Retention:
 
     def cap(self, log: str) -> int:
         """Records kept in a log: `audit_cap` for the label audit logs, else `log_cap`."""
-        per_round = log.startswith((AUDIT_PREFIX, JOURNAL_PREFIX))
-        return self.audit_cap if per_round else self.log_cap
+        kept_long = log.startswith((AUDIT_PREFIX, JOURNAL_PREFIX, LABELERS_PREFIX))
+        return self.audit_cap if kept_long else self.log_cap
 
 
 def conflicting_key(txn: Txn, versions: Mapping[str, int]) -> str | None:

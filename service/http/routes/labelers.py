@@ -1,0 +1,95 @@
+"""Labelers: gold items and each labeler's estimated accuracy (admins only)."""
+
+import time
+import uuid
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+
+from service.http import schemas
+from service.http.api import ADMIN, RouterBase, _auth, api, idempotency_header, unavailable
+from service.http.auth import Caller
+from service.http.labels import class_index
+from service.http.limits import AsciiJSONResponse
+from service.models.pool_file import as_feature_matrix
+from service.state.labelers import LabelerReport
+from service.state.rules.labelers import Gold
+from service.state.store.base import StoreError
+
+
+def overlap_rate(knob: float) -> float:
+    """The overlap share in force: none while every caller is one labeler (no tokens)."""
+    return knob if _auth["authenticator"].enabled else 0.0
+
+
+def figures(report: LabelerReport, min_accuracy: float) -> schemas.LabelerFigures:
+    estimate = report.estimate
+    return schemas.LabelerFigures(
+        name=report.name, labels=report.labels, overlaps=report.overlaps, gold=report.gold,
+        accuracy=estimate.accuracy, accuracy_low=estimate.low, accuracy_high=estimate.high,
+        flagged=estimate.flagged(min_accuracy),
+    )  # fmt: skip
+
+
+class LabelerRoutes(RouterBase):
+    @api.post("/v1/gold", response_model=schemas.GoldResponse)
+    async def add_gold(
+        self,
+        request: schemas.GoldRequest,
+        idempotency_key: str | None = idempotency_header(),
+        caller: Caller = ADMIN,
+    ) -> JSONResponse:
+        """Items with a known answer. Labelers get them among their items (gold_rate of
+        what they are handed, each at most once, never told which), and their answers
+        measure them (GET /v1/labelers); a gold answer is never a selection label. An
+        answer outside the classes, or an instance of the wrong length, is a 422 and
+        nothing is stored. Repeated with the same Idempotency-Key: the same ids, stored
+        once."""
+        await self.bind_key("gold", idempotency_key, caller, request)  # the key: this body
+        answers = []
+        for number, item in enumerate(request.items):
+            index, detail = class_index(item.label, self.pool.class_names)
+            if index is None:
+                raise HTTPException(422, f"items[{number}]: {detail}")
+            answers.append(index)
+        try:
+            features = as_feature_matrix([i.instance for i in request.items],
+                                         self.pool.n_features)  # fmt: skip
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from error
+        predictions = await self.shadow.every_prediction(features)
+        if predictions is None:
+            raise HTTPException(503, "the candidates did not answer for the gold items "
+                                "(their predictions are shown with them): try again")  # fmt: skip
+        now, names = time.time(), list(self.names)
+        golds = {}
+        for row, answer, classes in zip(features, answers, predictions, strict=True):
+            shown = dict(zip(names, map(int, classes), strict=True))
+            golds[uuid.uuid4().hex] = Gold(tuple(map(float, row)), answer, shown, now,
+                                           caller.name)  # fmt: skip
+        op = f"gold:{idempotency_key or uuid.uuid4().hex}"
+        try:
+            ids = await self.runtime.run_store(self.state.add_gold, op, golds)
+            total = await self.runtime.run_store(self.state.gold_count)
+        except StoreError as error:
+            raise unavailable(error, "gold items") from error
+        return AsciiJSONResponse({"item_ids": ids, "gold_items": total})
+
+    @api.get("/v1/labelers", response_model=schemas.LabelersResponse)
+    async def labelers(self, caller: Caller = ADMIN) -> schemas.LabelersResponse:
+        """Every labeler with their labels, overlap labels and gold answers, and their
+        accuracy estimated from those (Dawid and Skene's model with one accuracy per
+        labeler, `picker.labelers`) with a 95 % interval; flagged when the interval lies
+        below labeler_min_accuracy."""
+        knobs = self.knobs
+        try:
+            reports = await self.runtime.run_store(self.state.labeler_reports,
+                                                   len(self.pool.class_names))  # fmt: skip
+            total = await self.runtime.run_store(self.state.gold_count)
+        except StoreError as error:
+            raise unavailable(error, "labelers") from error
+        return schemas.LabelersResponse(
+            labelers=[figures(r, knobs.labeler_min_accuracy) for r in reports],
+            min_accuracy=knobs.labeler_min_accuracy,
+            overlap_rate=overlap_rate(knobs.overlap_rate), gold_items=total,
+        )  # fmt: skip

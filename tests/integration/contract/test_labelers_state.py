@@ -1,0 +1,159 @@
+"""Overlap items, gold items and the labelers' evidence on every backend."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from service.state.labelers import estimates
+from service.state.live import LiveState, new_op
+from service.state.rules import Batch
+from service.state.rules import labelers as rules
+from service.state.store.base import Retention
+from tests.integration.contract.conftest import Connect, concurrently
+
+MODELS = ["a", "b", "c"]
+TTL, LEASE = 3600.0, 60.0
+NOW = time.time()  # backends expire records by their own clock
+ALL = 1.0  # overlap_rate: every labeled item waits for a second labeler
+
+
+def state(connect: Connect) -> LiveState:
+    live = LiveState(connect(Retention()), Retention())
+    live.initialise(MODELS, served=0, budget=None, now=NOW)
+    return live
+
+
+def queue(live: LiveState, ids: list[str]) -> None:
+    batch = Batch(ids, np.array([[0, 1, 1]] * len(ids), dtype=np.int64), np.zeros((len(ids), 2)))
+    live.observe(new_op("t"), batch, 1e6, np.random.default_rng(0), NOW)
+
+
+def lease(live: LiveState, by: str, limit: int = 10, gold_rate: float = 0.0) -> list[str]:
+    rng = np.random.default_rng(1)
+    return [i.item_id for i in live.lease(limit, NOW, LEASE, TTL, by, rng, gold_rate)]
+
+
+def label(live: LiveState, item: str, cls: int, by: str, op: str | None = None) -> str:
+    op = op or new_op("label")
+    return live.label(op, item, cls, NOW, TTL, by, None, ALL).outcome
+
+
+def test_an_overlap_item_goes_to_other_labelers_and_moves_no_loss(connect: Connect) -> None:
+    live = state(connect)
+    queue(live, ["i1", "i2"])
+    assert sorted(lease(live, "ann")) == ["i1", "i2"]
+    assert label(live, "i1", 0, "ann") == "accepted"
+    losses = live.selection().picker.losses
+    assert lease(live, "ann") == []  # ann labeled i1, and holds i2
+    assert lease(live, "bob") == ["i1"]
+    assert label(live, "i1", 0, "ann") == "duplicate"  # the first labeler again: 409
+    assert label(live, "i1", 1, "bob") == "accepted"  # disagrees: a third is wanted
+    assert live.selection().picker.losses == losses and live.selection().picker.labels == 1
+    assert lease(live, "bob") == [] and lease(live, "ann") == []
+    assert lease(live, "cid") == ["i1"]
+    assert label(live, "i1", 0, "cid") == "accepted"
+    assert lease(live, "dan") == []  # three labels: done
+    records = live.backend.log(rules.EVIDENCE, 100)
+    assert [(r["item"], r["by"], r["label"], r["gold"]) for r in records] == [
+        ("i1", "ann", 0, -1), ("i1", "bob", 1, -1), ("i1", "cid", 0, -1)]  # fmt: skip
+    counts = live.backend.counters(rules.LABELER_COUNTS)
+    assert counts == {"labels|ann": 1, "overlaps|ann": 1, "overlaps|bob": 1, "overlaps|cid": 1}
+
+
+def test_two_agreeing_labels_close_an_overlap_item_and_a_retry_counts_once(
+    connect: Connect,
+) -> None:
+    live = state(connect)
+    queue(live, ["i1"])
+    lease(live, "ann")
+    label(live, "i1", 1, "ann")
+    lease(live, "bob")
+    assert label(live, "i1", 1, "bob", op="same") == "accepted"
+    assert label(live, "i1", 1, "bob", op="same") == "accepted"  # a retry: nothing twice
+    assert lease(live, "cid") == []
+    assert len(live.backend.log(rules.EVIDENCE, 100)) == 2
+
+
+def test_concurrent_overlap_labels_lose_no_evidence(connect: Connect) -> None:
+    live = state(connect)
+    ids = [f"i{k}" for k in range(6)]
+    queue(live, ids)
+    lease(live, "first")
+    for item in ids:
+        assert label(live, item, 0, "first") == "accepted"
+    others = [LiveState(connect(Retention()), Retention()) for _ in range(4)]
+
+    def everyone_labels(k: int) -> list[str]:  # no leases: each labels every item
+        return [label(others[k], item, k % 2, f"labeler{k}") for item in ids]
+
+    outcomes = concurrently(everyone_labels, 4)
+    accepted = sum(o == "accepted" for answers in outcomes for o in answers)
+    records = live.backend.log(rules.EVIDENCE, 1000)
+    assert len(records) == accepted + len(ids)  # each first label, once, and every accepted
+    per_item = {i: [r for r in records if r["item"] == i] for i in ids}
+    assert all(2 <= len(r) <= rules.MOST_LABELS_PER_ITEM for r in per_item.values())
+
+
+def gold(live: LiveState, answer: int) -> str:
+    golds = {new_op("g").split(":")[1]: rules.Gold((1.0, 2.0), answer, {"a": 0}, NOW, "admin")}
+    return live.add_gold(new_op("gold"), golds)[0]
+
+
+def test_gold_items_are_mixed_in_answered_once_each_and_count_no_label(
+    connect: Connect,
+) -> None:
+    live = state(connect)
+    golds = [gold(live, 1) for _ in range(3)]
+    assert lease(live, "ann", gold_rate=1.0) == []  # never gold alone: nothing to label
+    queue(live, ["i1", "i2"])
+    handed = lease(live, "ann", limit=5, gold_rate=1.0)
+    assert set(handed) - set(golds) <= {"i1", "i2"} and set(handed) & set(golds)
+    shown = live.lease(5, NOW, LEASE, TTL, "bob", np.random.default_rng(3), 1.0)
+    assert all(i.q == 0.0 and i.predictions == (0, -2, -2) for i in shown)  # gold only now
+    for gold_id in set(handed) & set(golds):
+        assert label(live, gold_id, 0, "ann") == "accepted"
+        assert label(live, gold_id, 1, "ann") == "duplicate"
+    picker = live.selection().picker
+    assert picker.labels == 0 and picker.losses == (0.0, 0.0, 0.0)
+    again = lease(live, "ann", limit=5, gold_rate=1.0)
+    assert not set(again) & set(handed) & set(golds)  # an answered gold item never again
+    records = live.backend.log(rules.EVIDENCE, 100)
+    assert {(r["by"], r["label"], r["gold"]) for r in records} == {("ann", 0, 1)}
+
+
+def test_gold_ids_come_back_in_the_order_given(connect: Connect) -> None:
+    live = state(connect)
+    golds = {gold_id: rules.Gold((1.0,), answer, {}, NOW, "admin")
+             for gold_id, answer in (("zz", 0), ("aa", 1), ("mm", 2))}  # fmt: skip
+    assert live.add_gold(new_op("gold"), golds) == ["zz", "aa", "mm"]
+    assert live.gold_count() == 3
+
+
+def test_the_estimate_finds_the_labeler_who_is_often_wrong() -> None:
+    rng = np.random.default_rng(7)
+    records = []
+    for item in range(300):
+        truth = int(rng.integers(3))
+        for name, accuracy in (("ann", 0.95), ("bob", 0.95), ("eve", 0.5)):
+            right = rng.random() < accuracy
+            given = truth if right else int((truth + rng.integers(1, 3)) % 3)
+            gold = truth if item % 10 == 0 else rules.NO_GOLD
+            records.append(rules.evidence_record(f"i{item}", name, given, gold, NOW))
+    found = estimates(records, 3)
+    assert found["eve"].accuracy < 0.6 < 0.9 < min(found["ann"].accuracy, found["bob"].accuracy)
+    assert found["eve"].flagged(0.7) and not found["ann"].flagged(0.7)
+
+
+def test_overlap_is_chosen_by_id_at_the_rate() -> None:
+    chosen = [rules.chosen_for_overlap(f"item-{k}", 0.1) for k in range(20_000)]
+    assert abs(np.mean(chosen) - 0.1) < 0.01  # 4.7 standard errors
+    assert rules.chosen_for_overlap("x", 0.1) == rules.chosen_for_overlap("x", 0.1)
+    assert not any(rules.chosen_for_overlap(f"item-{k}", 0.0) for k in range(100))
+
+
+def test_a_slot_meant_for_gold_gets_an_item_when_there_is_no_gold(connect: Connect) -> None:
+    live = state(connect)
+    queue(live, ["i1", "i2"])
+    assert sorted(lease(live, "ann", limit=2, gold_rate=1.0)) == ["i1", "i2"]
