@@ -30,13 +30,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Role = Literal["infer", "label", "metrics", "admin"]
+NAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"  # a token's name: who gave each label
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 class TokenSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.@-]{1,64}$", description="who holds it")
+    name: str = Field(..., pattern=NAME_PATTERN, description="who holds it")
     token: str = Field(..., min_length=16, max_length=256, description="the secret")
     roles: list[Role] = Field(..., min_length=1, description="infer, label, metrics, admin")
 

@@ -348,6 +348,20 @@ class LabelerFigures(Strict):
     flagged: bool = Field(
         ..., description="accuracy below labeler_min_accuracy with confidence (high end below)"
     )
+    quarantined: bool = Field(
+        ..., description="their labels do not count (POST /v1/labelers/{name}/quarantine)"
+    )
+
+
+class QuarantineResponse(Strict):
+    labeler: str = Field(..., description="the labeler")
+    quarantined: bool = Field(..., description="whether their labels are quarantined now")
+    changed: bool = Field(..., description="false when it already was so (nothing changed)")
+    items: int = Field(
+        ..., ge=0, description="their items of the current round sent back to the queue "
+        "(quarantine), or labeled again with their label (lift)",
+    )  # fmt: skip
+    labels: int = Field(..., ge=0, description="labels counting in the current round now")
 
 
 class LabelersResponse(Strict):

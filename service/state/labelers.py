@@ -13,7 +13,7 @@ import numpy as np
 from picker.labelers import NO_GOLD, LabelerEstimate, estimate_labelers
 from service.models.pool_file import NOT_EVALUATED
 from service.state.core import LiveCore, new_op
-from service.state.rules import Item, Selection, item_key
+from service.state.rules import Item, Selection, audit_key, item_key
 from service.state.rules import labelers as rules
 from service.state.store.base import Txn
 
@@ -94,6 +94,28 @@ class Labelers(LiveCore):
         if committed.status == "conflict":  # a fresh id taken: not expected of uuid4
             raise ValueError("a gold item's id is taken")
         return list(committed.result)
+
+    def set_quarantine(self, op: str, name: str, on: bool, now: float, by: str) -> dict[str, Any]:
+        """Quarantine `name` (on) or lift it (`rules.labelers.set_quarantine`): the current
+        round's losses made again from its audit. QuarantineError if they cannot be."""
+
+        def attempt() -> tuple[Txn | None, Any]:
+            current = self.selection(recent_swaps=0, belief=False)
+            round_number = current.picker.round
+            cap = self.retention.audit_cap
+            entries = self.backend.log(audit_key(round_number), cap)
+            # every label of the round is in its audit (the same step appended it), and
+            # set_quarantine refuses an audit that reached its cap
+            ids = {str(e["item_id"]) for e in entries}
+            docs = self.backend.read([item_key(i) for i in sorted(ids)])
+            return rules.set_quarantine(op, current, self._read(rules.QUARANTINE), entries, docs,
+                                        name, on, now, by, cap)  # fmt: skip
+
+        committed, answer = self._transact(attempt)
+        return dict(committed.result if committed.status == "replayed" else answer)
+
+    def quarantined(self) -> set[str]:
+        return rules.quarantined(self._read(rules.QUARANTINE))
 
     def gold_count(self) -> int:
         return self.backend.count(rules.GOLD_QUEUE, -np.inf)

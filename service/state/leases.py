@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,8 @@ class Leases(Labelers):
         queue's; gold items join them at `gold_rate` (a share of the items handed out,
         never alone). Both are put at random places among the others, so that their
         place does not tell them apart."""
+        if by in self.quarantined():
+            return []
         current = self.selection(recent_swaps=0, belief=False)
         rng = rng if rng is not None else np.random.default_rng()
         wanted = int(rng.binomial(limit, gold_rate)) if gold_rate > 0 else 0
@@ -183,7 +186,21 @@ class Leases(Labelers):
         to it (`rules.labelers.gold_answer`)."""
         answer: dict[str, Any] = {}
 
+        barred = [0]  # the quarantine document's version, as judged() read it
+
         def attempt() -> tuple[Txn | None, Any]:
+            txn = judged()
+            if txn is None:
+                return None, None
+            # a quarantine landing meanwhile makes this label read again (and be refused)
+            return replace(txn, expect={**txn.expect, evidence.QUARANTINE: barred[0]}), None
+
+        def judged() -> Txn | None:
+            quarantine = self._read(evidence.QUARANTINE)
+            barred[0] = 0 if quarantine is None else quarantine.version
+            if by in evidence.quarantined(quarantine):
+                answer.update(outcome="unknown", detail=evidence.QUARANTINED)
+                return None
             item = self._read(item_key(item_id))
             if item is None:
                 gold = self._read(evidence.gold_key(item_id))
@@ -192,13 +209,13 @@ class Leases(Labelers):
                     outcome, detail, txn = evidence.gold_answer(op, item_id, gold, seen, label,
                                                                 now, by)  # fmt: skip
                     answer.update(outcome=outcome, detail=detail)
-                    return txn, None
+                    return txn
             tally = None if item is None else self._read(tally_key(int(item.value["round"])))
             outcome, detail, txn = rules.apply_label(
                 op, item_id, item, tally, label, now, ttl_s, by, delta, overlap_rate
             )
             answer.update(outcome=outcome, detail=detail)
-            return txn, None
+            return txn
 
         committed, _ = self._transact(attempt)
         if committed.status == "replayed":

@@ -165,3 +165,43 @@ def test_a_gold_answer_outside_the_classes_is_a_422_and_stores_nothing(
     assert client.post("/v1/gold", json=body, headers=bearer("ann")).status_code == 403
     after = client.get("/v1/labelers", headers=bearer("ops")).json()["gold_items"]
     assert after == before
+
+
+def test_a_quarantine_takes_out_a_labelers_labels_and_lifting_it_puts_them_back(
+    client: httpx.Client, demo: DemoData
+) -> None:
+    crowd = Crowd(client, demo)
+    ops = bearer("ops")
+    client.post("/v1/rounds", json={}, headers=ops)  # a round of its own
+    for _ in range(12):
+        crowd.serve(16)
+        for name in LABELERS:
+            crowd.label(name)
+    before = client.get("/v1/selection", headers=ops).json()
+    audit = client.get(f"/v1/rounds/{before['round']}/labels", params={"limit": 100_000},
+                       headers=ops).json()["labels"]  # fmt: skip
+    eves = {e["item_id"] for e in audit if e["by"] == "eve"}
+    assert eves and len(audit) == before["labels"]
+    answer = client.post("/v1/labelers/eve/quarantine", headers=ops)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"labeler": "eve", "quarantined": True, "changed": True,
+                             "items": len(eves), "labels": len(audit) - len(eves)}  # fmt: skip
+    during = client.get("/v1/selection", headers=ops).json()
+    assert during["labels"] == len(audit) - len(eves) and during["losses"] != before["losses"]
+    assert labelers(client)["eve"]["quarantined"] and not labelers(client)["ann"]["quarantined"]
+    # eve gets nothing and applies nothing; her items wait for the others
+    assert client.get("/v1/queries", headers=bearer("eve")).json()["items"] == []
+    refused = client.post("/v1/feedback", json={"labels": [{"item_id": next(iter(eves)),
+                          "label": 0}]}, headers=bearer("eve"))  # fmt: skip
+    assert refused.status_code == 403 and "quarantined" in refused.text
+    waiting = client.get("/v1/queries", params={"limit": 500}, headers=bearer("ann")).json()
+    assert eves <= {i["item_id"] for i in waiting["items"]}
+    assert client.get("/v1/selection", headers=ops).json()["losses"] == during["losses"]
+    lifted = client.delete("/v1/labelers/eve/quarantine", headers=ops)
+    assert lifted.status_code == 200 and lifted.json()["items"] == len(eves)
+    after = client.get("/v1/selection", headers=ops).json()
+    assert after["losses"] == before["losses"] and after["labels"] == before["labels"]
+    again = client.delete("/v1/labelers/eve/quarantine", headers=ops).json()
+    assert again["changed"] is False  # already lifted: nothing changed
+    assert client.post("/v1/labelers/eve/quarantine", headers=bearer("ann")).status_code == 403
+    assert client.post("/v1/labelers/bad%20name/quarantine", headers=ops).status_code == 422

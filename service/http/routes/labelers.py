@@ -3,17 +3,26 @@
 import time
 import uuid
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Path
 from fastapi.responses import JSONResponse
 
 from service.http import schemas
-from service.http.api import ADMIN, RouterBase, _auth, api, idempotency_header, unavailable
-from service.http.auth import Caller
+from service.http.api import (
+    ADMIN,
+    RouterBase,
+    _auth,
+    api,
+    idempotency_header,
+    logger,
+    unavailable,
+)
+from service.http.auth import NAME_PATTERN, Caller
 from service.http.labels import class_index
 from service.http.limits import AsciiJSONResponse
 from service.models.pool_file import as_feature_matrix
 from service.state.labelers import LabelerReport
-from service.state.rules.labelers import Gold
+from service.state.live import new_op
+from service.state.rules.labelers import Gold, QuarantineError
 from service.state.store.base import StoreError
 
 
@@ -22,13 +31,18 @@ def overlap_rate(knob: float) -> float:
     return knob if _auth["authenticator"].enabled else 0.0
 
 
-def figures(report: LabelerReport, min_accuracy: float) -> schemas.LabelerFigures:
+def figures(
+    report: LabelerReport, min_accuracy: float, quarantined: set[str]
+) -> schemas.LabelerFigures:
     estimate = report.estimate
     return schemas.LabelerFigures(
         name=report.name, labels=report.labels, overlaps=report.overlaps, gold=report.gold,
         accuracy=estimate.accuracy, accuracy_low=estimate.low, accuracy_high=estimate.high,
-        flagged=estimate.flagged(min_accuracy),
+        flagged=estimate.flagged(min_accuracy), quarantined=report.name in quarantined,
     )  # fmt: skip
+
+
+LABELER = Path(..., pattern=NAME_PATTERN, description="a labeler: their token's name")
 
 
 class LabelerRoutes(RouterBase):
@@ -86,10 +100,42 @@ class LabelerRoutes(RouterBase):
             reports = await self.runtime.run_store(self.state.labeler_reports,
                                                    len(self.pool.class_names))  # fmt: skip
             total = await self.runtime.run_store(self.state.gold_count)
+            barred = await self.runtime.run_store(self.state.quarantined)
         except StoreError as error:
             raise unavailable(error, "labelers") from error
         return schemas.LabelersResponse(
-            labelers=[figures(r, knobs.labeler_min_accuracy) for r in reports],
+            labelers=[figures(r, knobs.labeler_min_accuracy, barred) for r in reports],
             min_accuracy=knobs.labeler_min_accuracy,
             overlap_rate=overlap_rate(knobs.overlap_rate), gold_items=total,
         )  # fmt: skip
+
+    @api.post("/v1/labelers/{name}/quarantine", response_model=schemas.QuarantineResponse)
+    async def quarantine(self, name: str = LABELER, caller: Caller = ADMIN) -> JSONResponse:
+        """Quarantine a labeler: their labels of the current round stop counting, exactly
+        (the losses become those of the round without them, made again from its label
+        audit in the order the labels came), their items go back to the queue for the
+        others, and they get no items and apply no labels until it is lifted. Audited (an
+        event with who and when). 409 where the losses cannot be made again exactly: a
+        pool-based round, candidates eliminated or changed in it, an audit at its cap."""
+        return await self._quarantine(name, True, caller)
+
+    @api.delete("/v1/labelers/{name}/quarantine", response_model=schemas.QuarantineResponse)
+    async def lift_quarantine(self, name: str = LABELER, caller: Caller = ADMIN) -> JSONResponse:
+        """Lift a quarantine: their labels of the current round whose items still wait count
+        again (the items leave the queue); an item someone else labeled meanwhile keeps
+        that label. With nothing else changed, the losses are those before, to the bit."""
+        return await self._quarantine(name, False, caller)
+
+    async def _quarantine(self, name: str, on: bool, caller: Caller) -> JSONResponse:
+        try:
+            answer = await self.runtime.run_store(self.state.set_quarantine, new_op("quarantine"),
+                                                  name, on, time.time(), caller.name)  # fmt: skip
+        except QuarantineError as error:
+            raise HTTPException(409, str(error)) from None
+        except StoreError as error:
+            raise unavailable(error, "labelers") from error
+        try:
+            await self.runtime.reconcile(None)  # the losses moved: the served model follows
+        except StoreError as error:  # the refresh loop does it within a second
+            logger.warning("swap check after a quarantine failed: %s", error)
+        return AsciiJSONResponse(schemas.QuarantineResponse(**answer).model_dump())

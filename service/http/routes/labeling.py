@@ -3,7 +3,7 @@
 import time
 import uuid
 
-from fastapi import Query
+from fastapi import HTTPException, Query
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from service.config.knobs import elimination_level
@@ -25,6 +25,7 @@ from service.http.routes.labelers import overlap_rate
 from service.models.pool_file import NOT_EVALUATED
 from service.state.live import LabelResult, new_op
 from service.state.rules import Selection
+from service.state.rules.labelers import QUARANTINED
 from service.state.store.base import StoreError
 
 
@@ -120,6 +121,12 @@ class LabelingRoutes(RouterBase):
         request: with another body, or from another caller, it is a 422."""
         counters = self.runtime.counters
         await self.bind_key("feedback", idempotency_key, caller, request)
+        try:
+            barred = await self.runtime.run_store(self.state.quarantined)
+        except StoreError as error:
+            raise unavailable(error, "labelers") from error
+        if caller.name in barred:
+            raise HTTPException(403, QUARANTINED)
         labels, invalid = check_labels(request.labels, self.pool.class_names)
         if invalid:
             counters.inc("labels", "invalid", value=len(invalid))

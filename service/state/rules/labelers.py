@@ -30,7 +30,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from service.state.rules.documents import Item, LabelOutcome, item_key
+from picker import PickerState, apply_increments
+from service.state.rules.documents import (
+    Item,
+    LabelOutcome,
+    Selection,
+    Tally,
+    item_key,
+    queue_key,
+    tally_key,
+)
+from service.state.rules.elimination import label_increments
 from service.state.store.base import LABELERS_PREFIX, Doc, Put, Txn
 
 EVIDENCE = f"{LABELERS_PREFIX}evidence"
@@ -204,3 +214,138 @@ def gold_for(candidates: Sequence[str], seen: Doc | None) -> list[str]:
     """The gold items a labeler has not answered, among `candidates`."""
     answered = set() if seen is None else set(seen.value["ids"])
     return [g for g in candidates if g not in answered]
+
+
+# ---- quarantine ---------------------------------------------------------------------------
+
+QUARANTINE = f"{LABELERS_PREFIX}quarantine"  # {"names": [...]}: labelers whose labels count not
+EVENTS = f"{LABELERS_PREFIX}events"  # quarantines and lifts: who, by whom, when, what moved
+QUARANTINED = "your labels are quarantined by an admin: this label was not applied"
+
+
+class QuarantineError(ValueError):
+    """The current round's losses cannot be recomputed exactly (the message says why)."""
+
+
+def quarantined(doc: Doc | None) -> set[str]:
+    return set() if doc is None else set(doc.value["names"])
+
+
+def counting(entry: Mapping[str, Any], item: Item | None, barred: set[str]) -> bool:
+    """An audited label counts in the round's losses while its item still carries it (a
+    label the item lost to a quarantine, and then got from someone else, does not) and its
+    labeler is not quarantined."""
+    return (
+        item is not None
+        and item.status == "labeled"
+        and item.labeled_by == entry["by"]
+        and item.label == entry["label"]
+        and entry["by"] not in barred
+    )
+
+
+def replay_losses(tally: Tally, entries: Sequence[Mapping[str, Any]], items: Mapping[str, Item],
+             barred: set[str]) -> PickerState:  # fmt: skip
+    """The round's picker with its losses and label count made again from the audit: the
+    labels that count, in the order they were applied, each added as it was when it came
+    (`label_increments`, `apply_increments`): the same floats, to the last bit, as a round
+    that never had the others."""
+    picker = replace(tally.picker, losses=(0.0,) * tally.picker.n_models, labels=0)
+    for entry in entries:
+        item = items.get(str(entry["item_id"]))
+        if counting(entry, item, barred):
+            assert item is not None
+            increments = label_increments(tally, item, int(entry["label"]))
+            picker = apply_increments(picker, increments)
+    return picker
+
+
+def set_quarantine(
+    op: str,
+    current: Selection,
+    doc: Doc | None,
+    entries: Sequence[Mapping[str, Any]],
+    docs: Mapping[str, Doc],
+    name: str,
+    on: bool,
+    now: float,
+    by: str,
+    audit_cap: int,
+) -> tuple[Txn | None, dict[str, Any]]:
+    """Quarantine `name` (on) or lift it. On: their labels of the current round stop
+    counting, its items wait for a label again (from anyone else), and the losses are
+    those of the round without them. Lifted: their labels whose items still wait count
+    again (the items leave the queue), and the losses are made again the same way. Each
+    change is one event in EVENTS. QuarantineError where the losses cannot be made again
+    exactly: a pool-based round, candidates eliminated or changed in the round, an audit
+    log that dropped labels, an item record forgotten."""
+    tally = current.tally
+    _check_replayable(current, entries, audit_cap)
+    names = quarantined(doc)
+    answer = {"labeler": name, "quarantined": on, "items": 0}
+    if on == (name in names):
+        return None, {**answer, "labels": tally.picker.labels, "changed": False}
+    barred = names | {name} if on else names - {name}
+    round_number = current.picker.round
+    items = {key.removeprefix("item:"): Item.from_dict(key.removeprefix("item:"), d.value)
+             for key, d in docs.items()}  # fmt: skip
+    moved: dict[str, Item] = {}
+    if on:
+        for item_id, item in items.items():
+            if item.status == "labeled" and item.labeled_by == name and item.round == round_number:
+                moved[item_id] = replace(
+                    item, status="pending", label=None, op=None, labeled_at=None,
+                    labeled_by=None, holder=None, lease_until=None, reviews=(), review_open=False,
+                )  # fmt: skip
+    else:
+        for entry in entries:
+            waiting = items.get(str(entry["item_id"]))
+            if entry["by"] == name and waiting is not None and waiting.status == "pending":
+                moved[waiting.item_id] = replace(
+                    waiting, status="labeled", label=int(entry["label"]), op=f"restored:{op}",
+                    labeled_at=entry["at"], labeled_by=name, holder=None, lease_until=None,
+                )  # fmt: skip
+    gone = {str(e["item_id"]) for e in entries} - set(items)
+    if gone:
+        raise QuarantineError(f"{len(gone)} labeled items' records are forgotten "
+                              "(item_retention_s): the losses cannot be made again")  # fmt: skip
+    after = {**items, **moved}
+    picker = replay_losses(tally, entries, after, barred)
+    updated = replace(tally, picker=picker)
+    queue = queue_key(round_number)
+    event = {"event": "quarantine" if on else "lift", "labeler": name, "by": by, "at": now,
+             "round": round_number, "items": len(moved), "labels": picker.labels}  # fmt: skip
+    txn = Txn(
+        op,
+        expect={QUARANTINE: 0 if doc is None else doc.version,
+                tally_key(round_number): current.tally_version,
+                **{key: d.version for key, d in docs.items()}},
+        put={QUARANTINE: Put({"names": sorted(barred)}),
+             tally_key(round_number): Put(updated.to_dict()),
+             **{item_key(i): Put(m.to_dict(), m.expire_at) for i, m in moved.items()}},
+        push={queue: {i: now for i in moved}} if on and moved else {},
+        pull=({queue: list(moved), reviews_key(round_number): list(moved)} if not on and moved
+              else {reviews_key(round_number): list(moved)} if moved else {}),
+        append={EVENTS: [event]},
+        result={**answer, "items": len(moved), "labels": picker.labels, "changed": True},
+    )  # fmt: skip
+    return txn, txn.result  # type: ignore[return-value]
+
+
+def _check_replayable(
+    current: Selection, entries: Sequence[Mapping[str, Any]], audit_cap: int
+) -> None:
+    tally = current.tally
+    if tally.pooled:
+        raise QuarantineError("the current round is pool-based: quarantine recomputes "
+                              "ModelPicker's losses only; start a modelpicker round")  # fmt: skip
+    if tally.out().any():
+        raise QuarantineError(
+            "candidates were eliminated in this round (the large-pool mode): its losses "
+            "cannot be made again without them; start a new round"
+        )
+    if tally.models is not None and list(tally.models) != list(current.meta.models):
+        raise QuarantineError("the candidates changed in this round: start a new round")
+    if len(entries) >= audit_cap:
+        raise QuarantineError(f"the round's audit keeps its newest {audit_cap} labels only "
+                              "(label_audit_cap): its losses cannot be made again")  # fmt: skip

@@ -157,3 +157,65 @@ def test_a_slot_meant_for_gold_gets_an_item_when_there_is_no_gold(connect: Conne
     live = state(connect)
     queue(live, ["i1", "i2"])
     assert sorted(lease(live, "ann", limit=2, gold_rate=1.0)) == ["i1", "i2"]
+
+
+def labeled_round(live: LiveState, skip: str | None = None) -> list[tuple[str, int, str]]:
+    """300 items with mixed predictions observed at gamma 5 (q in (0, 1]), every queued
+    one labeled by ann, bob and eve in turn (a label per item, at random); `skip`: that
+    labeler's labels are left out. Returns (item, label, labeler) in order."""
+    rng = np.random.default_rng(17)
+    ids = [f"x{k}" for k in range(300)]
+    batch = Batch(ids, rng.integers(0, 3, (300, 3)), np.zeros((300, 2)))
+    live.observe("observe-once", batch, 5.0, np.random.default_rng(4), NOW)
+    queued = [i for i in ids if live.item(i) is not None]
+    given = [(i, int(rng.integers(3)), LABELERS[k % 3]) for k, i in enumerate(queued)]
+    for item, cls, by in given:
+        if by != skip:
+            assert live.label(f"op-{item}", item, cls, NOW, TTL, by).outcome == "accepted"
+    return given
+
+
+LABELERS = ("ann", "bob", "eve")
+
+
+def test_quarantine_makes_the_losses_those_without_the_labeler_and_lifting_restores_them(
+    connect: Connect,
+) -> None:
+    from service.state.store.memory import MemoryBackend
+
+    live = state(connect)
+    given = labeled_round(live)
+    before = live.selection().picker
+    without = LiveState(MemoryBackend())
+    without.initialise(MODELS, served=0, budget=None, now=NOW)
+    labeled_round(without, skip="eve")
+    expected = without.selection().picker
+    assert 0 < expected.labels < before.labels and len({q for q in before.losses}) > 1
+    answer = live.set_quarantine(new_op("q"), "eve", True, NOW, "ops")
+    after = live.selection().picker
+    assert after.losses == expected.losses and after.labels == expected.labels  # to the bit
+    eves = sorted(i for i, _, by in given if by == "eve")
+    assert answer["items"] == len(eves) and live.quarantined() == {"eve"}
+    assert lease(live, "eve") == [] and label(live, eves[0], 0, "eve") == "unknown"
+    assert sorted(lease(live, "ann", limit=500)) == eves  # back in the queue, for others
+    assert live.selection().picker == after  # refused and leased: nothing changed
+    live.set_quarantine(new_op("q"), "eve", False, NOW, "ops")
+    assert live.selection().picker.losses == before.losses  # to the bit
+    assert live.selection().picker.labels == before.labels
+    assert lease(live, "bob", limit=500) == []  # restored: no longer waiting
+    events = live.backend.log(rules.EVENTS, 10)
+    assert [(e["event"], e["labeler"], e["items"]) for e in events] == [
+        ("quarantine", "eve", len(eves)), ("lift", "eve", len(eves))]  # fmt: skip
+
+
+def test_an_item_relabeled_during_a_quarantine_keeps_its_new_label(connect: Connect) -> None:
+    live = state(connect)
+    given = labeled_round(live)
+    eves = [i for i, _, by in given if by == "eve"]
+    live.set_quarantine(new_op("q"), "eve", True, NOW, "ops")
+    lease(live, "bob", limit=500)
+    assert label(live, eves[0], 2, "bob") == "accepted"
+    live.set_quarantine(new_op("q"), "eve", False, NOW, "ops")
+    item = live.item(eves[0])
+    assert item is not None and (item.label, item.labeled_by) == (2, "bob")
+    assert live.selection().picker.labels == len(given)  # each item counted once
