@@ -162,10 +162,16 @@ class RuntimeKnobs(Strict):
         "/v1/gold: a known answer; never a selection label), each at most once per labeler",
     )  # fmt: skip
     labeler_min_accuracy: float = Field(
-        0.7, gt=0, le=1,
+        0.8, gt=0, le=1,
         description="a labeler whose estimated accuracy is below this with 95 % confidence "
         "is flagged (GET /v1/labelers)",
     )  # fmt: skip
+    quarantine_flagged: bool = Field(
+        True,
+        description="a labeler flagged by the evidence is quarantined at once (with tokens: "
+        "their labels of the current round stop counting, exactly, as an admin's quarantine "
+        "does), until an admin lifts it",
+    )
     lease_s: float = Field(60.0, gt=0, le=86_400, description="how long a labeler holds items")
     query_ttl_s: float = Field(
         86_400.0, gt=0, le=30 * 86_400, description="a queued item expires after this"

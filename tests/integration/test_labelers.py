@@ -120,15 +120,24 @@ def test_the_careless_labeler_is_flagged_from_overlaps_and_gold(
     assert found["eve"]["accuracy"] < 0.7 < 0.9 < min(found["ann"]["accuracy"],
                                                        found["bob"]["accuracy"])  # fmt: skip
     assert all(found[n]["overlaps"] > 0 and found[n]["gold"] > 0 for n in LABELERS)
+    # flagged, eve was quarantined at once (quarantine_flagged): none of her labels counts
+    assert found["eve"]["quarantined"] and not found["ann"]["quarantined"]
+    assert client.get("/v1/queries", headers=bearer("eve")).json()["items"] == []
     # gold answers and overlap labels are no selection labels: the round counts first labels
     selection = client.get("/v1/selection", headers=bearer("ops")).json()
-    assert sum(found[n]["labels"] for n in LABELERS) == selection["labels"]
+    assert found["ann"]["labels"] + found["bob"]["labels"] == selection["labels"]
     metrics = client.get("/metrics", headers=bearer("ops")).text
     shown = dict(re.findall(r'pickserve_labeler_accuracy\{labeler="(\w+)"\} ([0-9.e-]+)', metrics))
     assert set(shown) == set(LABELERS)
     assert float(shown["eve"]) == pytest.approx(found["eve"]["accuracy"])
     # the open /metrics shows nobody's accuracy
     assert "pickserve_labeler_accuracy{" not in client.get("/metrics").text
+    # an admin lets her go: flagged still, she is not quarantined again
+    assert client.delete("/v1/labelers/eve/quarantine", headers=bearer("ops")).json()["changed"]
+    crowd.serve(16)
+    crowd.label("eve")
+    crowd.label("ann")  # evidence may grow: eve is looked at again, and left alone
+    assert not labelers(client)["eve"]["quarantined"] and labelers(client)["eve"]["flagged"]
 
 
 def test_an_overlap_label_from_the_first_labeler_is_a_409_and_changes_nothing(

@@ -22,7 +22,7 @@ from service.http.limits import AsciiJSONResponse
 from service.models.pool_file import as_feature_matrix
 from service.state.labelers import LabelerReport
 from service.state.live import new_op
-from service.state.rules.labelers import Gold, QuarantineError
+from service.state.rules.labelers import FLAGGED, Gold, QuarantineError
 from service.state.store.base import StoreError
 
 
@@ -139,3 +139,30 @@ class LabelerRoutes(RouterBase):
         except StoreError as error:  # the refresh loop does it within a second
             logger.warning("swap check after a quarantine failed: %s", error)
         return AsciiJSONResponse(schemas.QuarantineResponse(**answer).model_dump())
+
+    async def quarantine_flagged(self) -> None:
+        """Quarantine every labeler the evidence flags (quarantine_flagged, with tokens),
+        unless an admin let them go. Called after each feedback request; the estimates are
+        computed again only when the evidence grew. A failure is logged: the next request
+        tries again."""
+        knobs = self.knobs
+        if not (knobs.quarantine_flagged and _auth["authenticator"].enabled):
+            return
+        try:
+            reports = await self.runtime.run_store(self.state.labeler_reports,
+                                                   len(self.pool.class_names))  # fmt: skip
+            barred = await self.runtime.run_store(self.state.quarantined)
+            for report in reports:
+                if report.name in barred or not report.estimate.flagged(knobs.labeler_min_accuracy):
+                    continue
+                answer = await self.runtime.run_store(
+                    self.state.set_quarantine, new_op("flagged"), report.name, True,
+                    time.time(), FLAGGED,
+                )  # fmt: skip
+                if answer["changed"]:
+                    logger.warning("labeler %s flagged (accuracy %.3f, at most %.3f): "
+                                   "quarantined, %d items back in the queue", report.name,
+                                   report.estimate.accuracy, report.estimate.high,
+                                   answer["items"])  # fmt: skip
+        except (StoreError, QuarantineError) as error:
+            logger.warning("a flagged labeler was not quarantined: %s", error)

@@ -12,7 +12,6 @@ from service.http.api import (
     LABEL,
     LABEL_PAGE,
     PAGE,
-    RouterBase,
     api,
     idempotency_header,
     logger,
@@ -21,7 +20,7 @@ from service.http.api import (
 from service.http.auth import Caller
 from service.http.labels import apply_labels, check_labels
 from service.http.limits import AsciiJSONResponse
-from service.http.routes.labelers import overlap_rate
+from service.http.routes.labelers import LabelerRoutes, overlap_rate
 from service.models.pool_file import NOT_EVALUATED
 from service.state.live import LabelResult, new_op
 from service.state.rules import Selection
@@ -35,7 +34,7 @@ def evaluated(names: list[str], predictions: tuple[int, ...]) -> dict[str, int]:
     return {n: p for n, p in zip(names, predictions, strict=True) if p != NOT_EVALUATED}
 
 
-class LabelingRoutes(RouterBase):
+class LabelingRoutes(LabelerRoutes):
     @api.get("/v1/queries", response_model=schemas.QueriesResponse)
     async def queries(
         self,
@@ -150,6 +149,8 @@ class LabelingRoutes(RouterBase):
             if result.outcome != "accepted":  # accepted ones count in the label's own write
                 counters.inc("labels", result.outcome)
         accepted = [r.item_id for r in done if r.outcome == "accepted"]
+        if accepted:
+            await self.quarantine_flagged()
         selection = await self._reconcile_after_labels(accepted[-1] if accepted else None)
         if accepted and self.tracking is not None:
             await self._journal_point()

@@ -227,8 +227,17 @@ class QuarantineError(ValueError):
     """The current round's losses cannot be recomputed exactly (the message says why)."""
 
 
+FLAGGED = "pickserve: flagged"  # who quarantined a labeler the evidence flagged
+
+
 def quarantined(doc: Doc | None) -> set[str]:
     return set() if doc is None else set(doc.value["names"])
+
+
+def cleared(doc: Doc | None) -> set[str]:
+    """Labelers an admin let go (lifted their quarantine): not quarantined again for being
+    flagged, until an admin quarantines them again."""
+    return set() if doc is None else set(doc.value.get("cleared", ()))
 
 
 def counting(entry: Mapping[str, Any], item: Item | None, barred: set[str]) -> bool:
@@ -278,13 +287,18 @@ def set_quarantine(
     again (the items leave the queue), and the losses are made again the same way. Each
     change is one event in EVENTS. QuarantineError where the losses cannot be made again
     exactly: a pool-based round, candidates eliminated or changed in the round, an audit
-    log that dropped labels, an item record forgotten."""
+    log that dropped labels, an item record forgotten. `by` FLAGGED (the evidence flagged
+    them) leaves alone a labeler an admin lifted the quarantine of."""
     tally = current.tally
     _check_replayable(current, entries, audit_cap)
-    names = quarantined(doc)
+    names, let_go = quarantined(doc), cleared(doc)
     answer = {"labeler": name, "quarantined": on, "items": 0}
-    if on == (name in names):
-        return None, {**answer, "labels": tally.picker.labels, "changed": False}
+    automatic = by == FLAGGED
+    if on == (name in names) or (automatic and name in let_go):
+        return None, {**answer, "quarantined": name in names, "labels": tally.picker.labels,
+                      "changed": False}  # fmt: skip
+    if not automatic:
+        let_go = let_go - {name} if on else let_go | {name}
     barred = names | {name} if on else names - {name}
     round_number = current.picker.round
     items = {key.removeprefix("item:"): Item.from_dict(key.removeprefix("item:"), d.value)
@@ -320,7 +334,7 @@ def set_quarantine(
         expect={QUARANTINE: 0 if doc is None else doc.version,
                 tally_key(round_number): current.tally_version,
                 **{key: d.version for key, d in docs.items()}},
-        put={QUARANTINE: Put({"names": sorted(barred)}),
+        put={QUARANTINE: Put({"names": sorted(barred), "cleared": sorted(let_go)}),
              tally_key(round_number): Put(updated.to_dict()),
              **{item_key(i): Put(m.to_dict(), m.expire_at) for i, m in moved.items()}},
         push={queue: {i: now for i in moved}} if on and moved else {},

@@ -219,3 +219,15 @@ def test_an_item_relabeled_during_a_quarantine_keeps_its_new_label(connect: Conn
     item = live.item(eves[0])
     assert item is not None and (item.label, item.labeled_by) == (2, "bob")
     assert live.selection().picker.labels == len(given)  # each item counted once
+
+
+def test_a_flagged_labeler_an_admin_let_go_is_not_quarantined_again(connect: Connect) -> None:
+    live = state(connect)
+    labeled_round(live)
+    automatic = live.set_quarantine(new_op("q"), "eve", True, NOW, rules.FLAGGED)
+    assert automatic["changed"] and live.quarantined() == {"eve"}
+    live.set_quarantine(new_op("q"), "eve", False, NOW, "ops")  # the admin lets her go
+    again = live.set_quarantine(new_op("q"), "eve", True, NOW, rules.FLAGGED)
+    assert not again["changed"] and live.quarantined() == set()
+    assert live.set_quarantine(new_op("q"), "eve", True, NOW, "ops")["changed"]  # an admin may
+    assert live.quarantined() == {"eve"}
