@@ -110,7 +110,10 @@ class Deployer:
             max_batch_size=64, knobs=RuntimeKnobs(
                 **{"seed": 7, "queue_target": None, "drift_action": "off", **knobs}
             ),
-            **(settings or {}),
+            # no MLflow unless the test says: MLflow's client sets MLFLOW_TRACKING_URI in the
+            # process once a test used it, and a deployment would then write runs to a server
+            # that module stopped (failing passes, counted: /metrics never settled)
+            **{"mlflow_tracking_uri": None, **(settings or {})},
         )  # fmt: skip
         self.namespace = full.store_namespace
         serve.run(build(full), name=APP, route_prefix="/")

@@ -111,7 +111,7 @@ def test_the_careless_labeler_is_flagged_from_overlaps_and_gold(
         for name in LABELERS:
             crowd.label(name)
         found = labelers(client)
-        if found.get("eve", {}).get("flagged") and found["eve"]["overlaps"] >= 40:
+        if found.get("eve", {}).get("quarantined"):  # flagged, and so quarantined
             break
     found = labelers(client)
     print("\n" + "\n".join(f"{n}: {found[n]}" for n in LABELERS))
@@ -119,7 +119,8 @@ def test_the_careless_labeler_is_flagged_from_overlaps_and_gold(
     assert found["eve"]["flagged"] and not found["ann"]["flagged"] and not found["bob"]["flagged"]
     assert found["eve"]["accuracy"] < 0.7 < 0.9 < min(found["ann"]["accuracy"],
                                                        found["bob"]["accuracy"])  # fmt: skip
-    assert all(found[n]["overlaps"] > 0 and found[n]["gold"] > 0 for n in LABELERS)
+    assert all(found[n]["overlaps"] > 0 for n in LABELERS)
+    assert sum(found[n]["gold"] for n in LABELERS) > 0
     # flagged, eve was quarantined at once (quarantine_flagged): none of her labels counts
     assert found["eve"]["quarantined"] and not found["ann"]["quarantined"]
     assert client.get("/v1/queries", headers=bearer("eve")).json()["items"] == []

@@ -114,3 +114,9 @@ def test_malformed_evidence_is_refused(change: dict[str, list[int]], message: st
     with pytest.raises(ValueError, match=message):
         estimate_labelers(evidence["items"], evidence["labelers"], evidence["labels"],
                           evidence["gold"], CLASSES, 2)  # fmt: skip
+
+
+def test_one_wrong_label_is_not_enough_to_flag_a_labeler() -> None:
+    (alone,) = estimate_labelers([0], [0], [1], [0], n_classes=2, n_labelers=1)
+    assert alone.high < 0.8 and alone.gold == 1  # the interval alone would flag them
+    assert not alone.flagged(0.8) and alone.flagged(0.8, min_checked=1)

@@ -1,5 +1,6 @@
 """Labelers: gold items and each labeler's estimated accuracy (admins only)."""
 
+import re
 import time
 import uuid
 
@@ -42,7 +43,7 @@ def figures(
     )  # fmt: skip
 
 
-LABELER = Path(..., pattern=NAME_PATTERN, description="a labeler: their token's name")
+LABELER = Path(..., max_length=64, description="a labeler: their token's name")
 
 
 class LabelerRoutes(RouterBase):
@@ -127,6 +128,9 @@ class LabelerRoutes(RouterBase):
         return await self._quarantine(name, False, caller)
 
     async def _quarantine(self, name: str, on: bool, caller: Caller) -> JSONResponse:
+        if re.fullmatch(NAME_PATTERN, name) is None:
+            raise HTTPException(422, f"{name!r} is not a labeler's name (a token's name: "
+                                "letters, digits and _.@-, 64 at most)")  # fmt: skip
         try:
             answer = await self.runtime.run_store(self.state.set_quarantine, new_op("quarantine"),
                                                   name, on, time.time(), caller.name)  # fmt: skip
