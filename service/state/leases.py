@@ -186,21 +186,19 @@ class Leases(Labelers):
         to it (`rules.labelers.gold_answer`)."""
         answer: dict[str, Any] = {}
 
-        barred = [0]  # the quarantine document's version, as judged() read it
-
         def attempt() -> tuple[Txn | None, Any]:
+            quarantine = self._read(evidence.QUARANTINE)
+            if by in evidence.quarantined(quarantine):
+                answer.update(outcome="unknown", detail=evidence.QUARANTINED)
+                return None, None
             txn = judged()
             if txn is None:
                 return None, None
             # a quarantine landing meanwhile makes this label read again (and be refused)
-            return replace(txn, expect={**txn.expect, evidence.QUARANTINE: barred[0]}), None
+            version = 0 if quarantine is None else quarantine.version
+            return replace(txn, expect={**txn.expect, evidence.QUARANTINE: version}), None
 
         def judged() -> Txn | None:
-            quarantine = self._read(evidence.QUARANTINE)
-            barred[0] = 0 if quarantine is None else quarantine.version
-            if by in evidence.quarantined(quarantine):
-                answer.update(outcome="unknown", detail=evidence.QUARANTINED)
-                return None
             item = self._read(item_key(item_id))
             if item is None:
                 gold = self._read(evidence.gold_key(item_id))

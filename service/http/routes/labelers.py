@@ -1,6 +1,5 @@
 """Labelers: gold items and each labeler's estimated accuracy (admins only)."""
 
-import re
 import time
 import uuid
 
@@ -43,7 +42,8 @@ def figures(
     )  # fmt: skip
 
 
-LABELER = Path(..., max_length=64, description="a labeler: their token's name")
+LABELER = Path(..., max_length=64, pattern=NAME_PATTERN,
+               description="a labeler: their token's name")  # fmt: skip
 
 
 class LabelerRoutes(RouterBase):
@@ -128,9 +128,6 @@ class LabelerRoutes(RouterBase):
         return await self._quarantine(name, False, caller)
 
     async def _quarantine(self, name: str, on: bool, caller: Caller) -> JSONResponse:
-        if re.fullmatch(NAME_PATTERN, name) is None:
-            raise HTTPException(422, f"{name!r} is not a labeler's name (a token's name: "
-                                "letters, digits and _.@-, 64 at most)")  # fmt: skip
         try:
             answer = await self.runtime.run_store(self.state.set_quarantine, new_op("quarantine"),
                                                   name, on, time.time(), caller.name)  # fmt: skip
@@ -144,18 +141,18 @@ class LabelerRoutes(RouterBase):
             logger.warning("swap check after a quarantine failed: %s", error)
         return AsciiJSONResponse(schemas.QuarantineResponse(**answer).model_dump())
 
-    async def quarantine_flagged(self) -> None:
+    async def quarantine_flagged(self, barred: set[str]) -> None:
         """Quarantine every labeler the evidence flags (quarantine_flagged, with tokens),
-        unless an admin let them go. Called after each feedback request; the estimates are
-        computed again only when the evidence grew. A failure is logged: the next request
-        tries again."""
+        unless already quarantined (`barred`, as the request read it: one quarantined
+        meanwhile is left as it is) or an admin let them go. Called after each feedback
+        request; the estimates are computed again only when the evidence grew. A failure
+        is logged: the next request tries again."""
         knobs = self.knobs
         if not (knobs.quarantine_flagged and _auth["authenticator"].enabled):
             return
         try:
             reports = await self.runtime.run_store(self.state.labeler_reports,
                                                    len(self.pool.class_names))  # fmt: skip
-            barred = await self.runtime.run_store(self.state.quarantined)
             for report in reports:
                 if report.name in barred or not report.estimate.flagged(knobs.labeler_min_accuracy):
                     continue

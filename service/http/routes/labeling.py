@@ -150,7 +150,7 @@ class LabelingRoutes(LabelerRoutes):
                 counters.inc("labels", result.outcome)
         accepted = [r.item_id for r in done if r.outcome == "accepted"]
         if accepted:
-            await self.quarantine_flagged()
+            await self.quarantine_flagged(barred)
         selection = await self._reconcile_after_labels(accepted[-1] if accepted else None)
         if accepted and self.tracking is not None:
             await self._journal_point()

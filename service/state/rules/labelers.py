@@ -337,9 +337,11 @@ def set_quarantine(
         put={QUARANTINE: Put({"names": sorted(barred), "cleared": sorted(let_go)}),
              tally_key(round_number): Put(updated.to_dict()),
              **{item_key(i): Put(m.to_dict(), m.expire_at) for i, m in moved.items()}},
+        # quarantined items wait in the queue (their overlap reviews are over); restored
+        # ones leave it
         push={queue: {i: now for i in moved}} if on and moved else {},
-        pull=({queue: list(moved), reviews_key(round_number): list(moved)} if not on and moved
-              else {reviews_key(round_number): list(moved)} if moved else {}),
+        pull={reviews_key(round_number): list(moved), **({} if on else {queue: list(moved)})}
+        if moved else {},
         append={EVENTS: [event]},
         result={**answer, "items": len(moved), "labels": picker.labels, "changed": True},
     )  # fmt: skip
