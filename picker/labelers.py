@@ -19,6 +19,26 @@ EM, from the labels' majority (gold answers fixed):
 - M-step: a_j = (E[correct_j] + alpha - 1) / (n_j + alpha + beta - 2), the posterior mode
   under a Beta(alpha, beta) prior, where E[correct_j] = sum over j's labels of T_i(label).
 
+**What a label weighs.** A label l from a labeler of accuracy a tells the picker, under
+this model and a uniform prior over the classes, that the item's class is l with
+probability a and each other class with (1 - a)/(C - 1). A candidate predicting p then
+has the expected mistake E[p != y | l] = 1 - a when p = l, and 1 - (1 - a)/(C - 1)
+otherwise: the same for every candidate up to
+
+    w(a) [p != l],   w(a) = (C a - 1) / (C - 1)
+
+(`label_weight`; 1 for a perfect labeler, 0 for one who answers at random). ModelPicker's
+posterior and the elimination test depend on loss differences only, so the service adds
+w [p != l] / q to each candidate's loss instead of [p != l] / q: the expected loss under
+the label's posterior, less a term common to every candidate. Averaged over the
+labeler's mistakes, a candidate's added loss has expectation w(a)^2 [p != y] / q plus
+that common term, so the order of the candidates' expected losses (which is what picks
+the best) is the order of their true mistakes: the weighting keeps the selection
+consistent when the labeler model holds, and gives a labeler's labels less say the less
+they are right. The accuracy a used is the upper end of the 95 % interval
+(`LabelerEstimate.weight`): a labeler's labels count fully until the evidence says, with
+confidence, that they are wrong more often than that.
+
 The uncertainty is the Wilson score interval of E[correct_j] out of n_j (z = 1.96): a
 labeler is below an accuracy with confidence when the interval's upper end is below it.
 Against gold answers it is the usual binomial interval (its coverage is tested); on
@@ -59,6 +79,22 @@ class LabelerEstimate:
         wrong label out of one reaches only 0.79: without the floor, a labeler's first
         disagreement would flag them."""
         return self.overlaps + self.gold >= min_checked and self.high < min_accuracy
+
+    def weight(self, n_classes: int) -> float:
+        """What this labeler's label weighs: `label_weight` at the interval's upper end (1
+        until the evidence shows, with confidence, that they are less than perfect)."""
+        return label_weight(self.high, n_classes)
+
+
+def label_weight(accuracy: float, n_classes: int) -> float:
+    """w(a) = (C a - 1) / (C - 1), clipped to [0, 1]: by how much a label from a labeler of
+    accuracy `a` separates a candidate that predicted it from one that did not, in their
+    expected losses under the label's posterior (the module's docstring)."""
+    if n_classes < 2:
+        raise ValueError("need at least 2 classes")
+    if not 0.0 <= accuracy <= 1.0:
+        raise ValueError(f"an accuracy is in [0, 1], not {accuracy}")
+    return min(1.0, max(0.0, (n_classes * accuracy - 1.0) / (n_classes - 1.0)))
 
 
 def wilson_interval(successes: float, trials: float, z: float = Z_95) -> tuple[float, float]:

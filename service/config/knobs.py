@@ -166,6 +166,19 @@ class RuntimeKnobs(Strict):
         description="a labeler whose estimated accuracy is below this with 95 % confidence "
         "is flagged (GET /v1/labelers)",
     )  # fmt: skip
+    agreement_lag_s: float = Field(
+        3600.0, ge=0, le=30 * 86_400,
+        description="a labeler's own agreement figure (GET /v1/labelers/me, the labeling "
+        "page) counts evidence at least this old, so that it never moves right after an "
+        "item and tells them it was an overlap or gold item",
+    )  # fmt: skip
+    weigh_labels: bool = Field(
+        True,
+        description="a label moves the losses by its labeler's reliability w = (C a - 1)/(C - "
+        "1), a the upper end of their accuracy's 95 % interval (GET /v1/labelers): 1 until "
+        "the evidence shows them less than perfect; the expected loss under the label's "
+        "posterior (with tokens; ModelPicker rounds)",
+    )  # fmt: skip
     quarantine_flagged: bool = Field(
         True,
         description="a labeler flagged by the evidence is quarantined at once (with tokens: "

@@ -246,6 +246,10 @@ class AuditedLabel(Strict):
     class_name: str = Field(..., description="the class's name")
     by: str = Field(..., description="the name of the token that gave it")
     at: float = Field(..., description="unix time it was applied")
+    weight: float = Field(
+        ..., ge=0, le=1, description="what the label weighed in the losses: its labeler's "
+        "reliability when it was applied (weigh_labels; 1 for full weight)",
+    )  # fmt: skip
 
 
 class LabelAudit(Strict):
@@ -362,6 +366,26 @@ class QuarantineResponse(Strict):
         "(quarantine), or labeled again with their label (lift)",
     )  # fmt: skip
     labels: int = Field(..., ge=0, description="labels counting in the current round now")
+
+
+class OwnAgreement(Strict):
+    name: str = Field(..., description="you: your token's name")
+    labels: int = Field(..., ge=0, description="selection labels you gave")
+    checked: int = Field(
+        ..., ge=0, description="your labels that could be checked against other labelers' or "
+        "a known answer, recorded at least lag_s ago",
+    )  # fmt: skip
+    accuracy: float | None = Field(
+        ..., ge=0, le=1, description="your estimated share of right labels on those (null: "
+        "none checked yet)",
+    )  # fmt: skip
+    accuracy_low: float = Field(..., ge=0, le=1, description="its 95 % interval, low")
+    accuracy_high: float = Field(..., ge=0, le=1, description="the interval's high end")
+    lag_s: float = Field(
+        ..., ge=0, description="the figure counts evidence this old or older "
+        "(agreement_lag_s), so it never tells which of your recent items was checked",
+    )  # fmt: skip
+    quarantined: bool = Field(..., description="your labels do not count (an admin's decision)")
 
 
 class LabelersResponse(Strict):

@@ -13,6 +13,7 @@ from service.state.core import (
     LiveCore,
 )
 from service.state.rules import (
+    Item,
     Selection,
     audit_key,
     item_key,
@@ -20,6 +21,7 @@ from service.state.rules import (
     queue_key,
 )
 from service.state.rules import candidates as roster_rules
+from service.state.rules import labelers as evidence
 from service.state.store.base import Doc, StoreError, Txn
 
 
@@ -63,6 +65,8 @@ class Candidates(LiveCore):
             binding = None if key_doc is None else self._read(key_doc)
             roster_rules.check_addition(current.meta.models, str(entry["name"]))
             labeled = self.backend.log(audit_key(current.picker.round), self.retention.audit_cap)
+            if len(labeled) > current.picker.labels:  # a quarantine took some out
+                labeled = self._counting(labeled)
             if len(labeled) != current.picker.labels or any("q" not in e for e in labeled):
                 raise StoreError(
                     f"the round's label audit holds {len(labeled)} of its "
@@ -86,6 +90,15 @@ class Candidates(LiveCore):
 
         committed, answer = self._transact(attempt)
         return dict(committed.result if committed.status == "replayed" else answer)
+
+    def _counting(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The audited labels that count in the round's losses (`labelers.counting`)."""
+        ids = sorted({str(e["item_id"]) for e in entries})
+        docs = self.backend.read([item_key(i) for i in ids])
+        items = {i: Item.from_dict(i, docs[item_key(i)].value) for i in ids if item_key(i) in docs}
+        barred = evidence.quarantined(self._read(evidence.QUARANTINE))
+        return [e for e in entries
+                if evidence.counting(e, items.get(str(e["item_id"])), barred)]  # fmt: skip
 
     def remove_candidate(self, op: str, name: str, now: float) -> str:
         """Drop `name` from the pool (`roster_rules.remove_candidate`; RosterError if it is

@@ -20,6 +20,7 @@ from service.state.store.base import Txn
 REVIEW_SCAN = 100  # overlap items looked at per lease (the oldest first)
 GOLD_SCAN = 10_000  # gold items a lease chooses from
 EVIDENCE_KEPT = 20_000  # evidence records (the newest) an estimate reads
+NOTHING = LabelerEstimate(0, 0, 0, 0.5, 0.0, 1.0)  # the estimate of no evidence
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class LabelerReport:
 class Labelers(LiveCore):
     # the estimates last computed, with the evidence counts they were computed at
     _estimates: tuple[Any, dict[str, LabelerEstimate]] | None = None
+    _own_estimates: tuple[Any, dict[str, LabelerEstimate]] | None = None
 
     def _lease_reviews(
         self, current: Selection, limit: int, now: float, lease_s: float, ttl_s: float,
@@ -120,6 +122,22 @@ class Labelers(LiveCore):
     def gold_count(self) -> int:
         return self.backend.count(rules.GOLD_QUEUE, -np.inf)
 
+    def own_report(self, name: str, n_classes: int, before: float) -> LabelerReport:
+        """`name`'s counts, and the estimate of their accuracy from the evidence recorded
+        at `before` or earlier (what a labeler is shown of themselves: the figure never
+        moves on an item they just labeled). The overlaps and gold counts are those the
+        estimate used."""
+        records = self.backend.log(rules.EVIDENCE, EVIDENCE_KEPT)
+        older = [r for r in records if float(r["at"]) <= before]
+        key = (len(older), older[-1]["at"] if older else None, n_classes)
+        cached = self._own_estimates
+        if cached is None or cached[0] != key:
+            cached = self._own_estimates = (key, estimates(older, n_classes))
+        counts = self.backend.counters(rules.LABELER_COUNTS)
+        labels = int(counts.get(rules.count_key("labels", name), 0))
+        found = cached[1].get(name, NOTHING)
+        return LabelerReport(name, labels, found.overlaps, found.gold, found)
+
     def labeler_reports(self, n_classes: int) -> list[LabelerReport]:
         """Every labeler who gave a label, with their counts and the estimate of their
         accuracy from the newest EVIDENCE_KEPT evidence records."""
@@ -162,11 +180,10 @@ def reports(
     """Every labeler in the counts or the estimates, by name; one without evidence has the
     estimate of no evidence (its interval is all of [0, 1])."""
     names = sorted({key.split("|", 1)[1] for key in counts} | set(found))
-    nothing = LabelerEstimate(0, 0, 0, 0.5, 0.0, 1.0)
     return [
         LabelerReport(name, int(counts.get(rules.count_key("labels", name), 0)),
                       int(counts.get(rules.count_key("overlaps", name), 0)),
                       int(counts.get(rules.count_key("gold", name), 0)),
-                      found.get(name, nothing))
+                      found.get(name, NOTHING))
         for name in names
     ]  # fmt: skip

@@ -54,6 +54,7 @@ def routes(demo: DemoData) -> list[tuple[str, str, tuple[str, ...], Any]]:
         ("DELETE", "/v1/candidates/nope", ("admin",), None),
         ("POST", "/v1/gold", ("admin",), {"items": [{"instance": row[0], "label": 0}]}),
         ("GET", "/v1/labelers", ("admin",), None),
+        ("GET", "/v1/labelers/me", ("label",), None),
         ("POST", "/v1/labelers/nobody/quarantine", ("admin",), None),
         ("DELETE", "/v1/labelers/nobody/quarantine", ("admin",), None),
         ("GET", "/v2/health/live", (), None),

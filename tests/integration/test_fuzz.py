@@ -29,6 +29,7 @@ MIN_CASES = 500
 RENEW = "/v1/queries/renew"
 PARAMETERLESS = {
     "GET /metrics", "GET /v1/pool", "GET /v1/selection", "GET /v1/labelers",
+    "GET /v1/labelers/me",
     "GET /v2/health/live", "GET /v2/health/ready",
 }  # fmt: skip
 # Schemathesis 4.32 generated 19-30 cases for this one (the same seed, two runs), while the

@@ -30,7 +30,8 @@ CHROMIUM_FLAGS = [
 
 @pytest.fixture
 def client(deploy: Deploy, demo: DemoData) -> httpx.Client:
-    client = deploy(settings={"tokens": json.dumps(TOKENS)}, shadow_rate=1.0, gamma=50.0)
+    client = deploy(settings={"tokens": json.dumps(TOKENS)}, shadow_rate=1.0, gamma=50.0,
+                    gold_rate=0.5, agreement_lag_s=0.0)  # fmt: skip
     rows = demo.stream_features[:64].tolist()
     assert client.post("/v1/predict", json={"instances": rows}, headers=OPS).is_success
     deadline = time.monotonic() + 20
@@ -78,8 +79,40 @@ def wait_for_status(page: Page, condition: str) -> None:
         raise AssertionError(f"status: {page.locator('#status').inner_text()!r}") from None
 
 
-def test_label_by_click_and_by_keyboard(client: httpx.Client, browser_page: Page) -> None:
+def answer_gold(client: httpx.Client, demo: DemoData) -> int:
+    """Gold items from the stream's rows 100-109, answered (rightly) by alice among the
+    items she leases: all ten (a lease of 100 at gold_rate 0.5 takes every gold item), so
+    that none is left to come up on the page; returns how many she answered."""
+    rows = range(100, 110)
+    body = {"items": [{"instance": demo.stream_features[r].tolist(),
+                       "label": int(demo.stream_labels[r])} for r in rows]}  # fmt: skip
+    answer = client.post("/v1/gold", json=body, headers=OPS)
+    assert answer.status_code == 200, answer.text
+    truth = dict(zip(answer.json()["item_ids"], (int(demo.stream_labels[r]) for r in rows),
+                     strict=True))  # fmt: skip
+    alice = {"Authorization": f"Bearer {TOKENS[0]['token']}"}
+    leased = client.get("/v1/queries", params={"limit": 100}, headers=alice).json()["items"]
+    labels = [{"item_id": i["item_id"], "label": truth[i["item_id"]]}
+              for i in leased if i["item_id"] in truth]  # fmt: skip
+    assert len(labels) == len(truth), "a gold item was not among alice's items"
+    posted = client.post("/v1/feedback", json={"labels": labels}, headers=alice)
+    assert posted.status_code == 200, posted.text
+    # she holds the queued items now: fresh traffic queues items for the page
+    asked = client.get("/v1/selection", headers=OPS).json()["queries"]
+    rows = demo.stream_features[200:264].tolist()
+    assert client.post("/v1/predict", json={"instances": rows}, headers=OPS).is_success
+    deadline = time.monotonic() + 20
+    while client.get("/v1/selection", headers=OPS).json()["queries"] < asked + 4:
+        assert time.monotonic() < deadline, "no items were queued"
+        time.sleep(0.1)
+    return len(labels)
+
+
+def test_label_by_click_and_by_keyboard(
+    client: httpx.Client, browser_page: Page, demo: DemoData
+) -> None:
     page = browser_page
+    checked = answer_gold(client, demo)  # no selection labels: the audit stays empty
     assert page.goto(f"{client.base_url}/label").status == 200
     page.wait_for_selector("canvas")  # the demo pool declares image_shape [8, 8]
     assert page.locator("#classes button").count() == 10
@@ -102,6 +135,12 @@ def test_label_by_click_and_by_keyboard(client: httpx.Client, browser_page: Page
     assert [(e["label"], e["by"]) for e in labels] == [(3, "alice"), (5, "alice"), (0, "alice")]
     assert client.get("/v1/selection", headers=OPS).json()["labels"] == 3
     page.wait_for_function("document.querySelector('#progress').textContent.startsWith('3 labels')")
+    # her own agreement (agreement_lag_s 0 here): the gold answers, all right; none of
+    # the three labels was checked (no one else labeled those items)
+    figure = page.locator("#agreement").inner_text()
+    assert f"on {checked} checked labels" in figure and " right (95 %: " in figure, figure
+    shown = client.get("/v1/labelers", headers=OPS).json()["labelers"]
+    assert [(r["name"], r["gold"], r["labels"]) for r in shown] == [("alice", checked, 3)]
     page.screenshot(path=str(ROOT / "docs" / "label-page.png"))
 
 

@@ -133,6 +133,19 @@ def test_the_careless_labeler_is_flagged_from_overlaps_and_gold(
     assert float(shown["eve"]) == pytest.approx(found["eve"]["accuracy"])
     # the open /metrics shows nobody's accuracy
     assert "pickserve_labeler_accuracy{" not in client.get("/metrics").text
+    # her own figure counts evidence an hour old (agreement_lag_s): it never moved on an
+    # item, so it never told her which items were checked
+    mine = client.get("/v1/labelers/me", headers=bearer("eve"))
+    assert mine.status_code == 200, mine.text
+    assert mine.json() == {"name": "eve", "labels": found["eve"]["labels"], "checked": 0,
+                           "accuracy": None, "accuracy_low": 0.0, "accuracy_high": 1.0,
+                           "lag_s": 3600.0, "quarantined": True}  # fmt: skip
+    # what each label weighed (weigh_labels): eve's fell as the evidence against her grew
+    audit = client.get("/v1/rounds/0/labels", headers=bearer("ops")).json()["labels"]
+    weights = {n: [e["weight"] for e in audit if e["by"] == n] for n in LABELERS}
+    print({n: (min(w), max(w)) for n, w in weights.items()})
+    assert weights["eve"][0] == 1.0 and min(weights["eve"]) < 0.9
+    assert min(weights["ann"] + weights["bob"]) > 0.9
     # an admin lets her go: flagged still, she is not quarantined again
     assert client.delete("/v1/labelers/eve/quarantine", headers=bearer("ops")).json()["changed"]
     crowd.serve(16)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from picker.labelers import NO_GOLD, estimate_labelers, wilson_interval
+from picker.labelers import NO_GOLD, estimate_labelers, label_weight, wilson_interval
 
 CLASSES = 5
 
@@ -120,3 +120,76 @@ def test_one_wrong_label_is_not_enough_to_flag_a_labeler() -> None:
     (alone,) = estimate_labelers([0], [0], [1], [0], n_classes=2, n_labelers=1)
     assert alone.high < 0.8 and alone.gold == 1  # the interval alone would flag them
     assert not alone.flagged(0.8) and alone.flagged(0.8, min_checked=1)
+
+
+# ---- what a label weighs ------------------------------------------------------------------
+
+
+def expected_mistakes(
+    predictions: np.ndarray, label: int, accuracy: float, n_classes: int
+) -> np.ndarray:
+    """E[p != y | the labeler said `label`] per candidate, from the one-coin posterior with
+    a uniform prior, by summing over the classes (no closed form used)."""
+    likelihood = np.full(n_classes, (1.0 - accuracy) / (n_classes - 1))
+    likelihood[label] = accuracy
+    posterior = likelihood / likelihood.sum()
+    return np.array([sum(posterior[c] for c in range(n_classes) if c != p) for p in predictions])
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 10])
+def test_the_weight_is_the_expected_loss_under_the_labels_posterior(n_classes: int) -> None:
+    """For any label, accuracy and predictions, the candidates' expected mistakes under the
+    label's posterior differ exactly as w(a) [p != label] does: the weighted increment is
+    that expected loss less a term common to every candidate."""
+    rng = np.random.default_rng(n_classes)
+    for _ in range(200):
+        accuracy = float(rng.uniform(1.0 / n_classes, 1.0))
+        label = int(rng.integers(n_classes))
+        predictions = rng.integers(0, n_classes, size=7)
+        expected = expected_mistakes(predictions, label, accuracy, n_classes)
+        weighted = label_weight(accuracy, n_classes) * (predictions != label)
+        np.testing.assert_allclose(expected - expected[0], weighted - weighted[0], atol=1e-12)
+
+
+def test_weights_run_from_chance_to_perfect() -> None:
+    assert label_weight(1.0, 10) == 1.0
+    assert label_weight(0.1, 10) == 0.0  # at chance: the label says nothing
+    assert label_weight(0.05, 10) == 0.0  # worse than chance is clipped, not reversed
+    assert label_weight(0.75, 2) == pytest.approx(0.5)
+    weights = [label_weight(a, 3) for a in np.linspace(0, 1, 21)]
+    assert weights == sorted(weights)
+    with pytest.raises(ValueError, match="accuracy"):
+        label_weight(1.5, 3)
+
+
+def test_the_weighted_order_of_expected_losses_is_the_order_of_true_mistakes() -> None:
+    """Averaged over a one-coin labeler's mistakes, the weighted increments rank the
+    candidates as their true mistakes do: simulated labels of a 0.6-accurate labeler on
+    fixed truths, the weighted losses' order equals the order of the true mistake counts."""
+    rng = np.random.default_rng(7)
+    n_classes, n_items = 4, 4000
+    truth = rng.integers(0, n_classes, size=n_items)
+    errors = np.array([0.1, 0.2, 0.3])
+    predictions = np.where(rng.random((3, n_items)) < errors[:, None],
+                           (truth + rng.integers(1, n_classes, size=(3, n_items))) % n_classes,
+                           truth)  # fmt: skip
+    right = rng.random(n_items) < 0.6
+    labels = np.where(right, truth, (truth + rng.integers(1, n_classes, size=n_items)) % n_classes)
+    weight = label_weight(0.6, n_classes)
+    weighted = (weight * (predictions != labels)).sum(axis=1)
+    assert list(np.argsort(weighted)) == list(np.argsort((predictions != truth).sum(axis=1)))
+
+
+def test_a_labeler_without_evidence_weighs_fully_and_a_flagged_one_less() -> None:
+    honest, careless = estimate_labelers(
+        items=[i for i in range(40) for _ in (0, 1)],
+        labelers=[0, 1] * 40,
+        labels=[c for i in range(40) for c in (i % 3, i % 3 if i % 2 else (i + 1) % 3)],
+        gold=[i % 3 for i in range(40)],
+        n_classes=3,
+        n_labelers=2,
+    )
+    assert honest.weight(3) == pytest.approx(1.0, abs=0.05)
+    assert careless.weight(3) < 0.7
+    nothing = estimate_labelers([], [], [], [], n_classes=3, n_labelers=1)[0]
+    assert nothing.weight(3) == 1.0

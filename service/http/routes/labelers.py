@@ -1,4 +1,5 @@
-"""Labelers: gold items and each labeler's estimated accuracy (admins only)."""
+"""Labelers: gold items and each labeler's estimated accuracy (admins; a labeler sees
+their own, GET /v1/labelers/me)."""
 
 import time
 import uuid
@@ -9,6 +10,7 @@ from fastapi.responses import JSONResponse
 from service.http import schemas
 from service.http.api import (
     ADMIN,
+    LABEL,
     RouterBase,
     _auth,
     api,
@@ -110,6 +112,30 @@ class LabelerRoutes(RouterBase):
             overlap_rate=overlap_rate(knobs.overlap_rate), gold_items=total,
         )  # fmt: skip
 
+    @api.get("/v1/labelers/me", response_model=schemas.OwnAgreement)
+    async def own_agreement(self, caller: Caller = LABEL) -> schemas.OwnAgreement:
+        """Your own figures: the labels you gave, and your estimated accuracy on the labels
+        of yours that could be checked (against other labelers' on the same items, or a
+        known answer), with its 95 % interval. It counts the evidence recorded at least
+        agreement_lag_s ago: it never moves right after an item, so it never tells you
+        which items were checked."""
+        knobs = self.knobs
+        lag = knobs.agreement_lag_s
+        try:
+            report = await self.runtime.run_store(self.state.own_report, caller.name,
+                                                  len(self.pool.class_names),
+                                                  time.time() - lag)  # fmt: skip
+            barred = await self.runtime.run_store(self.state.quarantined)
+        except StoreError as error:
+            raise unavailable(error, "labelers") from error
+        estimate, checked = report.estimate, report.overlaps + report.gold
+        return schemas.OwnAgreement(
+            name=caller.name, labels=report.labels, checked=checked,
+            accuracy=estimate.accuracy if checked else None,
+            accuracy_low=estimate.low, accuracy_high=estimate.high, lag_s=lag,
+            quarantined=caller.name in barred,
+        )  # fmt: skip
+
     @api.post("/v1/labelers/{name}/quarantine", response_model=schemas.QuarantineResponse)
     async def quarantine(self, name: str = LABELER, caller: Caller = ADMIN) -> JSONResponse:
         """Quarantine a labeler: their labels of the current round stop counting, exactly
@@ -140,6 +166,18 @@ class LabelerRoutes(RouterBase):
         except StoreError as error:  # the refresh loop does it within a second
             logger.warning("swap check after a quarantine failed: %s", error)
         return AsciiJSONResponse(schemas.QuarantineResponse(**answer).model_dump())
+
+    async def label_weight(self, name: str) -> float:
+        """What `name`'s labels weigh now (`LabelerEstimate.weight`): 1 with weigh_labels
+        off or without tokens (every caller is one labeler then). The estimates are
+        computed again only when the evidence grew."""
+        knobs = self.knobs
+        if not (knobs.weigh_labels and _auth["authenticator"].enabled):
+            return 1.0
+        n_classes = len(self.pool.class_names)
+        reports = await self.runtime.run_store(self.state.labeler_reports, n_classes)
+        found = [r.estimate for r in reports if r.name == name]
+        return found[0].weight(n_classes) if found else 1.0
 
     async def quarantine_flagged(self, barred: set[str]) -> None:
         """Quarantine every labeler the evidence flags (quarantine_flagged, with tokens),

@@ -122,6 +122,7 @@ class LabelingRoutes(LabelerRoutes):
         await self.bind_key("feedback", idempotency_key, caller, request)
         try:
             barred = await self.runtime.run_store(self.state.quarantined)
+            weight = await self.label_weight(caller.name)
         except StoreError as error:
             raise unavailable(error, "labelers") from error
         if caller.name in barred:
@@ -141,7 +142,7 @@ class LabelingRoutes(LabelerRoutes):
                 apply_labels, self.state, labels, key, time.time(),
                 self.knobs.query_ttl_s, done, caller.name,
                 elimination_level(self.knobs, len(self.names)),
-                overlap_rate(self.knobs.overlap_rate),
+                overlap_rate(self.knobs.overlap_rate), weight,
             )  # fmt: skip
         except StoreError as error:
             failure = error

@@ -27,6 +27,7 @@ from service.replica.shadow import paced_rate
 from service.state import rules
 from service.state.live import RoundNotKeptError, new_op
 from service.state.rules import Selection
+from service.state.rules.labelers import entry_weight
 from service.state.store.base import StoreError
 
 
@@ -120,7 +121,8 @@ class StateRoutes(RouterBase):
         classes = self.pool.class_names
         return schemas.LabelAudit(round=number, labels=[
             schemas.AuditedLabel(item_id=e["item_id"], label=e["label"],
-                                 class_name=classes[e["label"]], by=e["by"], at=e["at"])
+                                 class_name=classes[e["label"]], by=e["by"], at=e["at"],
+                                 weight=entry_weight(e))
             for e in entries
         ])  # fmt: skip
 

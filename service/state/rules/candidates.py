@@ -61,11 +61,14 @@ def check_removal(models: Sequence[str], name: str) -> None:
 
 
 def backfilled_loss(labeled: Sequence[Mapping[str, Any]], predictions: Sequence[int]) -> float:
-    """Σ [prediction ≠ label] / q over the round's labels, in the order they were applied
-    (the same float additions the store made for the other candidates)."""
+    """Σ w [prediction ≠ label] / q over the round's labels (w: the weight each was
+    applied with), in the order they were applied (the same float operations the store
+    made for the other candidates)."""
     loss = 0.0
     for entry, predicted in zip(labeled, predictions, strict=True):
-        loss += float(loss_increments([int(predicted)], int(entry["label"]), float(entry["q"]))[0])
+        increment = loss_increments([int(predicted)], int(entry["label"]), float(entry["q"]))
+        weight = float(entry.get("weight", 1.0))
+        loss += float(increment[0] * weight if weight != 1.0 else increment[0])
     return loss
 
 

@@ -19,10 +19,14 @@ from picker.elimination import Evidence, eliminate_on_label
 from service.state.rules.documents import Item, Tally
 
 
-def label_increments(tally: Tally, item: Item, label: int) -> np.ndarray:
-    """[f_i(x) != y] / q for the candidates in the round; 0 for those that left (their
-    loss is frozen at their exit, and they were not evaluated on the item)."""
+def label_increments(tally: Tally, item: Item, label: int, weight: float = 1.0) -> np.ndarray:
+    """w [f_i(x) != y] / q for the candidates in the round, w the label's weight (its
+    labeler's reliability, `picker.labelers.label_weight`; 1 leaves the floats as they
+    were); 0 for those that left (their loss is frozen at their exit, and they were not
+    evaluated on the item)."""
     increments = loss_increments(item.predictions, label, item.q)
+    if weight != 1.0:
+        increments = increments * weight
     return np.where(tally.out(), 0.0, increments)
 
 
@@ -34,11 +38,14 @@ def judge_label(
     delta: float,
     now: float,
     names: Sequence[str],
+    weight: float = 1.0,
 ) -> tuple[Evidence, tuple[dict[str, object], ...]]:
     """The evidence after one label (`before`: the round as the label found it; `after`:
-    its picker with the label applied), and the records of the candidates it took out."""
+    its picker with the label applied), and the records of the candidates it took out. A
+    label of weight w moves the test by w times its mistakes: still in [0, 1] (the bound
+    the test needs), and the same w the losses took."""
     evidence = before.evidence or Evidence.start(before.picker.n_models)
-    mistakes = (np.asarray(item.predictions) != label).astype(np.float64)
+    mistakes = (np.asarray(item.predictions) != label).astype(np.float64) * weight
     verdict = eliminate_on_label(evidence, mistakes, item.q, before.picker.loss_array,
                                  before.picker.step, delta)  # fmt: skip
     losses = after.loss_array
@@ -54,13 +61,13 @@ def judge_label(
 
 def with_label(
     before: Tally, picker: PickerState, item: Item, label: int, delta: float | None,
-    now: float, names: Sequence[str],
+    now: float, names: Sequence[str], weight: float = 1.0,
 ) -> Tally:  # fmt: skip
-    """The round after a label: its picker, and with `delta` (the large-pool mode of a
-    ModelPicker round) the elimination's evidence and exits."""
+    """The round after a label (of `weight`): its picker, and with `delta` (the
+    large-pool mode of a ModelPicker round) the elimination's evidence and exits."""
     if delta is None or before.pooled:
         return replace(before, picker=picker)
-    evidence, records = judge_label(before, picker, item, label, delta, now, names)
+    evidence, records = judge_label(before, picker, item, label, delta, now, names, weight)
     return replace(before, picker=picker, evidence=evidence,
                    eliminated=(*before.eliminated, *records))  # fmt: skip
 

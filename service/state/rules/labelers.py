@@ -253,18 +253,23 @@ def counting(entry: Mapping[str, Any], item: Item | None, barred: set[str]) -> b
     )
 
 
+def entry_weight(entry: Mapping[str, Any]) -> float:
+    """The weight an audited label was applied with (1 for labels from before weights)."""
+    return float(entry.get("weight", 1.0))
+
+
 def replay_losses(tally: Tally, entries: Sequence[Mapping[str, Any]], items: Mapping[str, Item],
              barred: set[str]) -> PickerState:  # fmt: skip
     """The round's picker with its losses and label count made again from the audit: the
     labels that count, in the order they were applied, each added as it was when it came
-    (`label_increments`, `apply_increments`): the same floats, to the last bit, as a round
-    that never had the others."""
+    (`label_increments` with the weight it had, `apply_increments`): the same floats, to
+    the last bit, as a round that never had the others."""
     picker = replace(tally.picker, losses=(0.0,) * tally.picker.n_models, labels=0)
     for entry in entries:
         item = items.get(str(entry["item_id"]))
         if counting(entry, item, barred):
             assert item is not None
-            increments = label_increments(tally, item, int(entry["label"]))
+            increments = label_increments(tally, item, int(entry["label"]), entry_weight(entry))
             picker = apply_increments(picker, increments)
     return picker
 

@@ -104,8 +104,11 @@ def apply_label(
     by: str = "anonymous",
     delta: float | None = None,
     overlap_rate: float = 0.0,
+    weight: float = 1.0,
 ) -> tuple[LabelOutcome, str | None, Txn | None]:
-    """Apply a label once: L += [f_i(x) != y] / q, labels += 1, the item leaves the queue,
+    """Apply a label once: L += w [f_i(x) != y] / q, labels += 1, with w the label's
+    weight (its labeler's reliability, `picker.labelers.label_weight`; kept in the audit
+    entry, so that the losses can be made again exactly), the item leaves the queue,
     and the round's audit log records who gave it (`by`) and when. In a pool-based round
     the item also joins the round's labeled set (its belief is derived from the items).
     With `delta` (the large-pool mode), the label also moves the elimination test
@@ -134,9 +137,12 @@ def apply_label(
         return "unknown", "this item expired (query_ttl_s)", None
     if stored.held_by_other(by, now):
         return "leased", "another labeler holds this item's lease: the label was not applied", None
-    picker = apply_increments(round_tally.picker, label_increments(round_tally, stored, label))
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"a label's weight is in [0, 1], not {weight}")
+    increments = label_increments(round_tally, stored, label, weight)
+    picker = apply_increments(round_tally.picker, increments)
     updated = with_label(round_tally, picker, stored, label, delta, now,
-                         round_tally.model_names(()))  # fmt: skip
+                         round_tally.model_names(()), weight)  # fmt: skip
     labeled = replace(stored, status="labeled", label=label, op=op, labeled_at=now,
                       labeled_by=by)  # fmt: skip
     push: dict[str, dict[str, float]] = (
@@ -157,7 +163,7 @@ def apply_label(
              labelers.LABELER_COUNTS: {labelers.count_key("labels", by): 1.0}},
         append={audit_key(stored.round): [
             {"item_id": item_id, "label": label, "by": by, "at": now, "q": stored.q,
-             "instance": list(stored.instance)}]},
+             "weight": weight, "instance": list(stored.instance)}]},
         result="accepted",
     )  # fmt: skip
     return "accepted", None, txn

@@ -231,3 +231,76 @@ def test_a_flagged_labeler_an_admin_let_go_is_not_quarantined_again(connect: Con
     assert not again["changed"] and live.quarantined() == set()
     assert live.set_quarantine(new_op("q"), "eve", True, NOW, "ops")["changed"]  # an admin may
     assert live.quarantined() == {"eve"}
+
+
+WEIGHTS = {"ann": 1.0, "bob": 0.625, "eve": 0.3}
+
+
+def weighted_round(
+    live: LiveState, skip: str | None = None
+) -> tuple[np.ndarray, list[tuple[str, int, str]]]:
+    """As `labeled_round`, each label applied with its labeler's weight (WEIGHTS); the
+    instance of item k is [k, 0], so a candidate added later can be told each item's row.
+    Returns the predictions and (item, label, labeler) in order."""
+    rng = np.random.default_rng(23)
+    ids = [f"w{k}" for k in range(300)]
+    predictions = rng.integers(0, 3, (300, 3))
+    rows = np.column_stack([np.arange(300), np.zeros(300)])
+    live.observe("observe-once", Batch(ids, predictions, rows), 5.0, np.random.default_rng(4), NOW)
+    queued = [i for i in ids if live.item(i) is not None]
+    given = [(i, int(rng.integers(3)), LABELERS[k % 3]) for k, i in enumerate(queued)]
+    for item, cls, by in given:
+        if by != skip:
+            outcome = live.label(f"op-{item}", item, cls, NOW, TTL, by, weight=WEIGHTS[by])
+            assert outcome.outcome == "accepted"
+    return predictions, given
+
+
+def test_weighted_labels_move_the_losses_by_their_weight_and_quarantine_stays_exact(
+    connect: Connect,
+) -> None:
+    """Each label adds w [p != y] / q (the weight of its labeler), in the order applied;
+    a quarantine gives, to the bit, the losses of the same weighted round without the
+    labeler, and the lift those before; the audit shows each label's weight."""
+    from service.state.store.memory import MemoryBackend
+
+    live = state(connect)
+    predictions, given = weighted_round(live)
+    before = live.selection().picker
+    expected = np.zeros(3)
+    for item, cls, by in given:
+        stored = live.item(item)
+        assert stored is not None
+        k = int(item[1:])
+        expected += WEIGHTS[by] * (predictions[k] != cls) / stored.q
+    np.testing.assert_allclose(before.losses, expected, rtol=1e-12)
+    unweighted = sum((predictions[int(i[1:])] != c) / live.item(i).q for i, c, _ in given)  # type: ignore[union-attr]
+    assert not np.allclose(before.losses, unweighted)  # the weights did something
+    audit = live.audit(before.round, 1000)
+    assert audit is not None
+    assert [e["weight"] for e in audit] == [WEIGHTS[by] for _, _, by in given]
+
+    without = LiveState(MemoryBackend())
+    without.initialise(MODELS, served=0, budget=None, now=NOW)
+    weighted_round(without, skip="eve")
+    live.set_quarantine(new_op("q"), "eve", True, NOW, "ops")
+    assert live.selection().picker.losses == without.selection().picker.losses  # to the bit
+    live.set_quarantine(new_op("q"), "eve", False, NOW, "ops")
+    assert live.selection().picker.losses == before.losses  # to the bit
+
+
+def test_a_candidate_added_after_a_quarantine_is_charged_the_labels_that_count(
+    connect: Connect,
+) -> None:
+    """A candidate added while a labeler is quarantined gets the loss of the labels that
+    count, with their weights, in their order: one predicting what "b" predicts has b's
+    loss to the bit (before this, the audit's extra labels made the addition fail)."""
+    live = state(connect)
+    predictions, _ = weighted_round(live)
+    live.set_quarantine(new_op("q"), "eve", True, NOW, "ops")
+    picker = live.selection().picker
+    answer = live.add_candidate(new_op("add"), {"name": "d", "sklearn": "d.joblib"},
+                                lambda x: predictions[x[:, 0].astype(int), 1], NOW)  # fmt: skip
+    assert answer["labels"] == picker.labels
+    losses = live.selection().picker.losses
+    assert losses[3] == losses[1] == picker.losses[1]
