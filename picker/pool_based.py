@@ -23,6 +23,15 @@ its label would settle. When every item is labeled the estimate is the exact acc
 the belief leaves no doubt at all (every score 0, as when a hundred models agree closely),
 the item is drawn at random among the unlabeled items on which the models disagree.
 
+Labels from a labeler who errs (`label_accuracy`: item -> the accuracy a of the labeler
+who gave its label, `picker.labelers`): such a label is evidence, not the truth. Its item
+is not clamped: EM multiplies its class probabilities by the label's likelihood under the
+one-coin model, P(label | c) = a if c is the label, (1 - a)/(C - 1) otherwise, and so does
+the calibrated belief. Its models are then right with a probability (not 0 or 1), P(best)
+draws its class like an unlabeled item's from that posterior, and it stays out of the
+per-pattern label counts (the calibration and the patterns' Dirichlets count the labels
+taken as the truth). With a = 1 every formula is the one above, to the bit.
+
 Everything is a function of the predictions and the set of labels: EM restarts from the
 vote shares with a fixed stopping rule, so the state does not depend on the order in which
 labels arrived. The choice depends only on the predictions and the labels, which
@@ -83,6 +92,44 @@ class PoolBased(PoolSelector):
     method: ClassVar[str] = "pool-based"
     default_param: ClassVar[float | None] = None
 
+    def __init__(
+        self,
+        predictions: npt.ArrayLike,
+        n_classes: int | None = None,
+        param: float | None = None,
+        labels: dict[int, int] | None = None,
+        label_accuracy: dict[int, float] | None = None,
+    ) -> None:
+        """`label_accuracy`: for a labeled item whose label may be wrong, the accuracy of
+        the labeler who gave it, in (0, 1] (the module's docstring); others are the truth."""
+        self.label_accuracy = {int(i): float(a) for i, a in (label_accuracy or {}).items()
+                               if float(a) != 1.0}  # fmt: skip
+        for item, accuracy in self.label_accuracy.items():
+            if not 0.0 < accuracy <= 1.0:
+                raise ValueError(f"item {item}: a labeler's accuracy is in (0, 1], not {accuracy}")
+            if item not in (labels or {}):
+                raise ValueError(f"item {item} has an accuracy but no label")
+        super().__init__(predictions, n_classes, param, labels)
+
+    def add_label(self, item: int, label: int, accuracy: float = 1.0) -> None:
+        """Record a label, from a labeler of `accuracy` (1: the truth)."""
+        if not 0.0 < accuracy <= 1.0:
+            raise ValueError(f"a labeler's accuracy is in (0, 1], not {accuracy}")
+        if int(item) not in self.labels and accuracy != 1.0:
+            self.label_accuracy[int(item)] = float(accuracy)
+        super().add_label(item, label)
+
+    def _soft(self) -> tuple[npt.NDArray[np.bool_], FloatArray]:
+        """The items whose label may be wrong, and log P(label | c) for every item (0 for
+        the others)."""
+        soft = np.zeros(self.n_items, dtype=bool)
+        log_likelihood = np.zeros((self.n_items, self.n_classes))
+        for item, accuracy in self.label_accuracy.items():
+            soft[item] = True
+            log_likelihood[item] = math.log((1.0 - accuracy) / (self.n_classes - 1))
+            log_likelihood[item, self.labels[item]] = math.log(accuracy)
+        return soft, log_likelihood
+
     def _prepare(self) -> None:
         if self.param is not None and not self.param >= 1.0:
             raise ValueError(f"pool-based takes a fixed temperature >= 1, got {self.param}")
@@ -106,11 +153,17 @@ class PoolBased(PoolSelector):
         self._label_free = self._em(np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64))
 
     # The belief.
-    def _em(self, clamped: np.ndarray, truth: np.ndarray) -> FloatArray:
+    def _em(
+        self, clamped: np.ndarray, truth: np.ndarray, log_likelihood: FloatArray | None = None
+    ) -> FloatArray:
         """log r[x, c] after at most EM_ITERATIONS from the vote shares (fewer once it has
-        converged), `clamped` items fixed: a function of the labels, not of their order."""
+        converged), `clamped` items fixed, every item's r multiplied by its label's
+        likelihood (`log_likelihood`, for labels that may be wrong): a function of the
+        labels, not of their order."""
         n, k, n_classes = self.n_items, self.n_models, self.n_classes
         resp = self._votes.copy()
+        if log_likelihood is not None:
+            resp = np.exp(log_normalise(np.log(np.maximum(resp, 1e-300)) + log_likelihood))
         resp[clamped] = 0.0
         resp[clamped, truth[clamped]] = 1.0
         log_resp = np.log(np.maximum(resp, 1e-300))
@@ -124,6 +177,8 @@ class PoolBased(PoolSelector):
             log_rho = np.log((resp.sum(axis=0) + 1.0) / (n + n_classes))
             # logits[x, c] = sum_h log theta[h, c, h(x)]
             logits = self._cell_gather(log_theta.transpose(0, 2, 1).reshape(k * n_classes, -1))
+            if log_likelihood is not None:
+                logits = logits + log_likelihood
             log_resp = log_normalise(logits + log_rho)
             log_resp[clamped] = np.where(diagonal[truth[clamped]] > 0, 0.0, -np.inf)
             previous, resp = resp, np.exp(log_resp)
@@ -155,8 +210,11 @@ class PoolBased(PoolSelector):
         for item, label in self.labels.items():
             truth[item] = label
         self._truth = truth
+        soft, log_likelihood = self._soft()
+        self._hard = self._labeled & ~soft  # labels taken as the truth
         self.temperature, self.strength = self._fit_calibration()
-        log_resp = self._em(self._labeled, truth) / self.temperature
+        log_resp = self._em(self._hard, truth, log_likelihood if soft.any() else None)
+        log_resp /= self.temperature
         prior = np.exp(log_normalise(np.where(np.isfinite(log_resp), log_resp, -1e300)))
         # Items with the same predictions share P(y | predictions): the labels among them
         # update it as counts on a Dirichlet whose mean is the calibrated EM belief.
@@ -167,15 +225,18 @@ class PoolBased(PoolSelector):
         unlabeled = ~self._labeled
         self._pattern_alpha = np.ones((self._n_patterns, self.n_classes))
         self._pattern_alpha[self._pattern_of[unlabeled]] = alpha[unlabeled]
-        self.resp[self._labeled] = 0.0
-        self.resp[self._labeled, truth[self._labeled]] = 1.0
-        # P(model h is right on x), exact (0 or 1) on labeled items.
+        if soft.any():  # the label's likelihood on the calibrated belief
+            weighted = self.resp[soft] * np.exp(log_likelihood[soft])
+            self.resp[soft] = weighted / weighted.sum(axis=1, keepdims=True)
+        self.resp[self._hard] = 0.0
+        self.resp[self._hard, truth[self._hard]] = 1.0
+        # P(model h is right on x), exact (0 or 1) on items whose label is the truth.
         self.p_right = np.take_along_axis(self.resp, self.predictions, axis=1)
 
     def _pattern_counts(self) -> FloatArray:
         """(patterns, C): the labels received on the items of each prediction pattern."""
         counts = np.zeros((self._n_patterns, self.n_classes))
-        items = np.flatnonzero(self._labeled)
+        items = np.flatnonzero(self._hard)
         np.add.at(counts, (self._pattern_of[items], self._truth[items]), 1.0)
         return counts
 
@@ -183,7 +244,7 @@ class PoolBased(PoolSelector):
         """(T, S) of highest evidence: the labels' Dirichlet-multinomial likelihood per
         pattern, the Dirichlet's mean the label-free belief at temperature T, its strength S."""
         fixed = None if self.param is None else float(self.param)
-        if len(self.labels) < MIN_LABELS_FOR_TEMPERATURE:
+        if int(self._hard.sum()) < MIN_LABELS_FOR_TEMPERATURE:
             return (fixed or 1.0), float(STRENGTHS[-1])
         counts = self._pattern_counts()
         seen = np.flatnonzero(counts.sum(axis=1) > 0)
@@ -213,8 +274,9 @@ class PoolBased(PoolSelector):
         `draws` joint draws of the unlabeled items' classes: per prediction pattern, its
         items' class counts from the pattern's Dirichlet-multinomial (for a pattern of one
         item, a class drawn from the Dirichlet's mean, which is the same distribution).
-        Labeled items count exactly; a tie splits its draw evenly. Sums to 1; one-hot on
-        the true best once every item is labeled."""
+        Labeled items count exactly (those whose label may be wrong: a class drawn from
+        their posterior); a tie splits its draw evenly. Sums to 1; one-hot on the true best
+        once every item is labeled by labelers taken as right."""
         k, n_classes = self.n_models, self.n_classes
         waiting = np.bincount(self._pattern_of[~self._labeled], minlength=self._n_patterns)
         single, multi = np.flatnonzero(waiting == 1), np.flatnonzero(waiting > 1)
@@ -226,9 +288,14 @@ class PoolBased(PoolSelector):
         multi_predicted = self.predictions[self._pattern_first[multi]]
         right[(np.arange(multi.size)[:, None] * n_classes + multi_predicted).ravel(),
               np.tile(np.arange(k), multi.size)] = 1.0  # fmt: skip
-        cells = max(single.size * max(k, n_classes), multi.size * n_classes, 1)
+        hard = np.flatnonzero(self._hard)
+        correct = (self.predictions[hard] == self._truth[hard, None]).sum(axis=0).astype(np.float64)
+        # items whose label may be wrong: a class each, drawn from its posterior
+        soft = np.flatnonzero(self._labeled & ~self._hard)
+        soft_cumulative = np.cumsum(self.resp[soft], axis=1)
+        soft_predicted = self.predictions[soft]
+        cells = max((single.size + soft.size) * max(k, n_classes), multi.size * n_classes, 1)
         chunk = max(1, _P_BEST_CELLS // cells)
-        correct = self.correct_counts().astype(np.float64)
         wins = np.zeros(k)
         for start in range(0, draws, chunk):
             size = min(chunk, draws - start)
@@ -237,6 +304,10 @@ class PoolBased(PoolSelector):
                 uniform = rng.random((size, single.size, 1))
                 classes = (uniform > cumulative[None, :, :-1]).sum(axis=2)
                 totals += (classes[:, :, None] == single_predicted[None]).sum(axis=1)
+            if soft.size:
+                uniform = rng.random((size, soft.size, 1))
+                classes = (uniform > soft_cumulative[None, :, :-1]).sum(axis=2)
+                totals += (classes[:, :, None] == soft_predicted[None]).sum(axis=1)
             if multi.size:
                 shares = rng.gamma(np.broadcast_to(alpha[multi], (size, multi.size, n_classes)))
                 shares /= np.maximum(shares.sum(axis=2, keepdims=True), 1e-300)

@@ -177,7 +177,8 @@ class RuntimeKnobs(Strict):
         description="a label moves the losses by its labeler's reliability w = (C a - 1)/(C - "
         "1), a the upper end of their accuracy's 95 % interval (GET /v1/labelers): 1 until "
         "the evidence shows them less than perfect; the expected loss under the label's "
-        "posterior (with tokens; ModelPicker rounds)",
+        "posterior (with tokens). A pool-based round's belief takes the label as one from a "
+        "labeler of accuracy a",
     )  # fmt: skip
     quarantine_flagged: bool = Field(
         True,

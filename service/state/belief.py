@@ -2,13 +2,13 @@
 
 The store keeps what the belief is a function of, and nothing derived: the round's pool
 (`pool:{round}`: every item that joined it, with its candidates' predictions in its item
-document), its labeled items (`labeled:{round}`, each label in its item document) and the
-round's counts in its tally (items admitted, labels applied). A replica reads only what is
-new since it last looked (the counts say when something is), builds `picker.pool_based.PoolBased`
-over the whole pool and caches it per (round, candidates, items, labels). Every replica
-that has read the same items derives the same belief and the same posterior (P(best) is
-drawn with a seed made of those counts), so a replica killed or restarted loses nothing:
-the next one reads the items again.
+document), its labeled items (`labeled:{round}`, each label and its weight in its item
+document) and the round's counts in its tally (items admitted, labels applied). A replica
+reads only what is new since it last looked (the counts say when something is), builds
+`picker.pool_based.PoolBased` over the whole pool and caches it per (round, candidates,
+items, labels). Every replica that has read the same items derives the same belief and
+the same posterior (P(best) is drawn with a seed made of those counts), so a replica
+killed or restarted loses nothing: the next one reads the items again.
 
 Items on which every candidate agrees never join the pool: they say nothing about which
 candidate is ahead. Items that expire before a label stay in the pool (the pool is a sample
@@ -71,6 +71,7 @@ class BeliefCache:
         self._index: dict[str, int] = {}
         self._predictions: list[tuple[int, ...]] = []
         self._labels: dict[int, int] = {}
+        self._weights: dict[int, float] = {}  # labels that weigh less than 1 (weigh_labels)
         self._missing: set[str] = set()  # pool members whose record expired
         self._belief: Belief | None = None
 
@@ -98,6 +99,7 @@ class BeliefCache:
     def _reset(self, key: tuple[int, tuple[str, ...]]) -> None:
         self._key, self._ids, self._index = key, [], {}
         self._predictions, self._labels, self._missing = [], {}, set()
+        self._weights = {}
         self._belief = None
 
     def _read_members(self, pool: str) -> None:
@@ -131,6 +133,9 @@ class BeliefCache:
     def _note_label(self, item_id: str, record: dict[str, Any]) -> None:
         if record["status"] == "labeled":
             self._labels[self._index[item_id]] = int(record["label"])
+            weight = float(record.get("weight", 1.0))
+            if weight != 1.0:
+                self._weights[self._index[item_id]] = weight
 
     def _build(self, round_number: int, n_models: int) -> Belief:
         if not self._ids:
@@ -138,7 +143,10 @@ class BeliefCache:
         predictions: npt.NDArray[np.int64] = np.asarray(self._predictions, dtype=np.int64)
         top = max(int(predictions.max()), max(self._labels.values(), default=0))
         n_classes = max(self.n_classes or 0, top + 1, 2)
-        selector = PoolBased(predictions, n_classes, labels=dict(self._labels))
+        # a label's weight w = (C a - 1)/(C - 1) is its labeler's accuracy a to the belief
+        accuracy = {i: (w * (n_classes - 1) + 1.0) / n_classes for i, w in self._weights.items()}
+        selector = PoolBased(predictions, n_classes, labels=dict(self._labels),
+                             label_accuracy=accuracy)  # fmt: skip
         seed = (round_number, len(self._ids), len(self._labels))
         return Belief(tuple(self._ids), selector, posterior_of(selector, n_models, seed),
                       len(self._labels))  # fmt: skip

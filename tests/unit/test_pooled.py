@@ -256,3 +256,62 @@ def test_pool_based_p_best_concentrates_on_the_best_as_labels_grow():
         selector.add_label(x, int(truth[x]))
     late = selector.p_best(np.random.default_rng(0))
     assert late[4] > 0.99 and late[4] >= early[4]
+
+
+# ---- labels that may be wrong (label_accuracy) ---------------------------------------------
+
+
+def test_a_label_at_chance_says_nothing_and_a_sure_one_is_the_truth():
+    """A label from a labeler at chance (a = 1/C) leaves every item's belief as if the
+    item were unlabeled; a label of accuracy 1 is the plain label, to the bit."""
+    rng = np.random.default_rng(21)
+    predictions, truth = noisy_pool(rng, n=80)
+    labels = {x: int(truth[x]) for x in range(3)}
+    plain = PoolBased(predictions, 4, labels=labels)
+    sure = PoolBased(predictions, 4, labels=labels, label_accuracy=dict.fromkeys(labels, 1.0))
+    assert sure.resp.tolist() == plain.resp.tolist()
+    with_chance = PoolBased(predictions, 4, labels={**labels, 10: int((truth[10] + 1) % 4)},
+                            label_accuracy={10: 0.25})  # fmt: skip
+    np.testing.assert_allclose(with_chance.resp, plain.resp, atol=1e-12)
+    np.testing.assert_allclose(with_chance.accuracies(), plain.accuracies(), atol=1e-12)
+
+
+def test_a_label_that_may_be_wrong_moves_the_belief_part_way():
+    """The item's probability of its label lies between the label-free belief and 1, and
+    grows with the labeler's accuracy; P(best) draws its class instead of counting it."""
+    rng = np.random.default_rng(22)
+    predictions, truth = noisy_pool(rng, n=80)
+    x, label = 7, int(truth[7])
+    free = PoolBased(predictions, 4).resp[x, label]
+    shares = [PoolBased(predictions, 4, labels={x: label}, label_accuracy={x: a}).resp[x, label]
+              for a in (0.4, 0.7, 0.9)]  # fmt: skip
+    assert free < shares[0] < shares[1] < shares[2] < 1.0
+    assert PoolBased(predictions, 4, labels={x: label}).resp[x, label] == 1.0
+
+
+def test_labels_of_a_labeler_who_errs_weigh_less_in_p_best():
+    """A labeler who always answers what a weak model predicts: taken as the truth, the
+    labels make it look best; at the labeler's accuracy on the consensus they matter less
+    and the truly best model keeps more of P(best)."""
+    rng = np.random.default_rng(23)
+    predictions, truth = noisy_pool(rng, n=300, accuracies=(0.5, 0.55, 0.6, 0.65, 0.8))
+    honest = {x: int(truth[x]) for x in range(0, 30)}
+    partisan = {x: int(predictions[x, 0]) for x in range(30, 130)}
+    labels = {**honest, **partisan}
+    trusted = PoolBased(predictions, 4, labels=labels).p_best(np.random.default_rng(0))
+    weighed = PoolBased(predictions, 4, labels=labels, label_accuracy=dict.fromkeys(partisan, 0.4))
+    best = weighed.p_best(np.random.default_rng(0))
+    assert trusted[0] > 0.9  # taken as the truth, her labels make the weakest model best
+    assert best[4] > 0.9  # weighed at her accuracy, the best stays best
+
+
+def test_an_accuracy_out_of_range_or_without_a_label_is_refused():
+    predictions = np.array([[0, 1], [1, 1], [0, 0]])
+    with pytest.raises(ValueError, match="accuracy"):
+        PoolBased(predictions, 2, labels={0: 1}, label_accuracy={0: 0.0})
+    with pytest.raises(ValueError, match="no label"):
+        PoolBased(predictions, 2, labels={0: 1}, label_accuracy={1: 0.5})
+    selector = PoolBased(predictions, 2)
+    with pytest.raises(ValueError, match="accuracy"):
+        selector.add_label(0, 1, accuracy=1.5)
+    assert selector.labels == {}

@@ -215,6 +215,7 @@ class Item:
     # whether it still waits for one.
     reviews: tuple[Mapping[str, Any], ...] = ()
     review_open: bool = False
+    weight: float = 1.0  # what the label that counted weighs (its labeler's reliability)
 
     def to_dict(self) -> dict[str, Any]:
         return {"round": self.round, "q": self.q, "predictions": list(self.predictions),
@@ -223,7 +224,7 @@ class Item:
                 "labeled_at": self.labeled_at, "expire_at": self.expire_at,
                 "holder": self.holder, "lease_until": self.lease_until,
                 "labeled_by": self.labeled_by, "reviews": [dict(r) for r in self.reviews],
-                "review_open": self.review_open}  # fmt: skip
+                "review_open": self.review_open, "weight": self.weight}  # fmt: skip
 
     def held_by_other(self, by: str, now: float) -> bool:
         """Leased to someone else, and that lease has not ended."""
@@ -242,7 +243,8 @@ class Item:
                    data["status"], data["label"], data["op"], data["labeled_at"],
                    data["expire_at"], data.get("holder"), data.get("lease_until"),
                    data.get("labeled_by"), tuple(data.get("reviews") or ()),
-                   bool(data.get("review_open", False)))  # fmt: skip
+                   bool(data.get("review_open", False)),
+                   float(data.get("weight", 1.0)))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -315,6 +315,7 @@ def set_quarantine(
                 moved[item_id] = replace(
                     item, status="pending", label=None, op=None, labeled_at=None,
                     labeled_by=None, holder=None, lease_until=None, reviews=(), review_open=False,
+                    weight=1.0,
                 )  # fmt: skip
     else:
         for entry in entries:
@@ -323,6 +324,7 @@ def set_quarantine(
                 moved[waiting.item_id] = replace(
                     waiting, status="labeled", label=int(entry["label"]), op=f"restored:{op}",
                     labeled_at=entry["at"], labeled_by=name, holder=None, lease_until=None,
+                    weight=entry_weight(entry),
                 )  # fmt: skip
     gone = {str(e["item_id"]) for e in entries} - set(items)
     if gone:

@@ -144,7 +144,7 @@ def apply_label(
     updated = with_label(round_tally, picker, stored, label, delta, now,
                          round_tally.model_names(()), weight)  # fmt: skip
     labeled = replace(stored, status="labeled", label=label, op=op, labeled_at=now,
-                      labeled_by=by)  # fmt: skip
+                      labeled_by=by, weight=weight)  # fmt: skip
     push: dict[str, dict[str, float]] = (
         {labeled_key(stored.round): {item_id: float(updated.picker.labels)}}
         if round_tally.pooled else {}

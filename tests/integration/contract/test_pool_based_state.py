@@ -183,3 +183,38 @@ def test_a_candidate_added_to_a_pool_based_round_joins_every_item_of_its_pool(
     kept = live.pending_items(live.selection()).values()
     assert all(len(doc.value["predictions"]) == 4 for doc in kept)
     assert live.selection().posterior == before.posterior  # the same items, labels, belief
+
+
+def test_weighted_labels_reach_the_belief_at_their_labelers_accuracy(connect: Connect) -> None:
+    """A label applied with weight w (weigh_labels) is, to the pool-based belief, a label
+    from a labeler of accuracy (w (C - 1) + 1) / C: the same queue order, in every replica
+    that reads the items, as PoolBased built with those accuracies; a label of weight 1
+    is the truth."""
+    preds, truth = synthetic(120, seed=3)
+    live = pool_state(connect, preds)
+    disagree = [k for k in range(len(preds)) if len(set(preds[k])) > 1]
+    labels: dict[int, int] = {}
+    accuracy: dict[int, float] = {}
+    for step in range(10):
+        now = time.time()
+        (item,) = live.lease(1, now, LEASE, TTL, by="ann" if step % 2 else "eve")
+        weight = 1.0 if step % 2 else 0.4  # eve's labels weigh 0.4: accuracy 0.6 on 3 classes
+        row = disagree.index(int(item.item_id[1:]))
+        expected = PoolBased(preds[disagree], 3, labels=dict(labels), label_accuracy=accuracy)
+        scores = expected.item_scores()
+        assert scores[row] == pytest.approx(scores.max(), rel=1e-9)  # the weighted belief's top
+        label = int(truth[int(item.item_id[1:])])
+        by = "ann" if step % 2 else "eve"
+        outcome = live.label(new_op("l"), item.item_id, label, now, TTL, by, weight=weight)
+        assert outcome.outcome == "accepted"
+        labels[row] = label
+        if weight != 1.0:
+            accuracy[row] = (weight * 2 + 1.0) / 3
+    other = LiveState(connect(), n_classes=3)  # another replica's view
+    belief = other.beliefs.belief(other.selection(recent_swaps=0, belief=False))
+    assert belief.selector is not None
+    ids = [f"i{k}" for k in disagree]  # the belief's rows, by item id
+    shown = {belief.ids[row]: a for row, a in belief.selector.label_accuracy.items()}
+    assert shown == pytest.approx({ids[row]: a for row, a in accuracy.items()})
+    given = {belief.ids[row]: label for row, label in belief.selector.labels.items()}
+    assert given == {ids[row]: label for row, label in labels.items()}
