@@ -6,7 +6,8 @@ document), its labeled items (`labeled:{round}`, each label and its weight in it
 document) and the round's counts in its tally (items admitted, labels applied). A replica
 reads only what is new since it last looked (the counts say when something is), builds
 `picker.pool_based.PoolBased` over the whole pool and caches it per (round, candidates,
-items, labels). Every replica that has read the same items derives the same belief and
+items, labels); a quarantine (or its lift) that made the round's labels again starts it
+afresh. Every replica that has read the same items derives the same belief and
 the same posterior (P(best) is drawn with a seed made of those counts), so a replica
 killed or restarted loses nothing: the next one reads the items again.
 
@@ -66,7 +67,7 @@ class BeliefCache:
     def __init__(self, backend: Backend, n_classes: int | None = None) -> None:
         self.backend, self.n_classes = backend, n_classes
         self._lock = threading.Lock()
-        self._key: tuple[int, tuple[str, ...]] | None = None
+        self._key: tuple[int, tuple[str, ...], int] | None = None
         self._ids: list[str] = []
         self._index: dict[str, int] = {}
         self._predictions: list[tuple[int, ...]] = []
@@ -78,7 +79,7 @@ class BeliefCache:
     def belief(self, current: Selection) -> Belief:
         """The belief for this view of the round (it must be a pool-based one)."""
         picker = current.picker
-        key = (picker.round, current.meta.models)
+        key = (picker.round, current.meta.models, current.tally.relabeled)
         with self._lock:
             if key != self._key:
                 self._reset(key)
@@ -96,7 +97,7 @@ class BeliefCache:
                 belief = self._belief = self._build(picker.round, len(current.meta.models))
             return belief
 
-    def _reset(self, key: tuple[int, tuple[str, ...]]) -> None:
+    def _reset(self, key: tuple[int, tuple[str, ...], int]) -> None:
         self._key, self._ids, self._index = key, [], {}
         self._predictions, self._labels, self._missing = [], {}, set()
         self._weights = {}

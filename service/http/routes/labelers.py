@@ -143,7 +143,7 @@ class LabelerRoutes(RouterBase):
         audit in the order the labels came), their items go back to the queue for the
         others, and they get no items and apply no labels until it is lifted. Audited (an
         event with who and when). 409 where the losses cannot be made again exactly: a
-        pool-based round, candidates eliminated or changed in it, an audit at its cap."""
+        round whose candidates were eliminated or changed, an audit at its cap."""
         return await self._quarantine(name, True, caller)
 
     @api.delete("/v1/labelers/{name}/quarantine", response_model=schemas.QuarantineResponse)

@@ -98,7 +98,7 @@ def add_candidate(
                    removed=tuple(r for r in current.meta.removed if r != name))  # fmt: skip
     round_key = tally_key(picker.round)
     tally = replace(current.tally, picker=picker, models=meta.models,
-                    evidence=joined(current.tally))  # fmt: skip
+                    evidence=joined(current.tally), candidates_changed=True)  # fmt: skip
     put = {META: Put(meta.to_dict()), round_key: Put(tally.to_dict())}
     expect = {META: current.meta_version, round_key: current.tally_version}
     for item_id, (doc, predicted) in pending.items():
@@ -169,7 +169,8 @@ def remove_candidate(
     round_key = tally_key(picker.round)
     put = {META: Put(new_meta.to_dict()),
            round_key: Put(replace(tally, picker=picker, monitor=monitor, models=models,
-                                  evidence=without(tally, removed)).to_dict())}  # fmt: skip
+                                  evidence=without(tally, removed),
+                                  candidates_changed=True).to_dict())}  # fmt: skip
     expect = {META: current.meta_version, round_key: current.tally_version}
     for item_id, doc in pending.items():
         item = Item.from_dict(item_id, doc.value)

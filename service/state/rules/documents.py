@@ -125,6 +125,10 @@ class Tally:
     models: tuple[str, ...] | None = None  # the candidates its per-model figures are for
     evidence: Evidence | None = None
     eliminated: tuple[Mapping[str, Any], ...] = ()
+    # how many times a quarantine or its lift made the round's labels again: a pool-based
+    # belief read before one is stale, whatever the label count says
+    relabeled: int = 0
+    candidates_changed: bool = False  # a candidate was added or removed during the round
 
     def to_dict(self) -> dict[str, Any]:
         monitor = None if self.monitor is None else self.monitor.to_dict()
@@ -136,7 +140,9 @@ class Tally:
                 "started_at": self.started_at, "ended_at": self.ended_at,
                 "monitor": monitor, "started_by": started_by, "selector": self.selector,
                 "posterior": posterior, "models": models, "evidence": evidence,
-                "eliminated": [dict(e) for e in self.eliminated]}  # fmt: skip
+                "eliminated": [dict(e) for e in self.eliminated],
+                "relabeled": self.relabeled,
+                "candidates_changed": self.candidates_changed}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Tally:
@@ -151,7 +157,8 @@ class Tally:
                    None if posterior is None else tuple(float(w) for w in posterior),
                    None if models is None else tuple(str(m) for m in models),
                    None if evidence is None else Evidence.from_dict(evidence),
-                   tuple(data.get("eliminated") or ()))  # fmt: skip
+                   tuple(data.get("eliminated") or ()), int(data.get("relabeled", 0)),
+                   bool(data.get("candidates_changed", False)))  # fmt: skip
 
     def out(self) -> npt.NDArray[np.bool_]:
         """The candidates the elimination test took out of this round."""

@@ -37,6 +37,7 @@ from service.state.rules.documents import (
     Selection,
     Tally,
     item_key,
+    labeled_key,
     queue_key,
     tally_key,
 )
@@ -291,7 +292,7 @@ def set_quarantine(
     those of the round without them. Lifted: their labels whose items still wait count
     again (the items leave the queue), and the losses are made again the same way. Each
     change is one event in EVENTS. QuarantineError where the losses cannot be made again
-    exactly: a pool-based round, candidates eliminated or changed in the round, an audit
+    exactly: candidates eliminated or changed in the round, an audit
     log that dropped labels, an item record forgotten. `by` FLAGGED (the evidence flagged
     them) leaves alone a labeler an admin lifted the quarantine of."""
     tally = current.tally
@@ -332,8 +333,10 @@ def set_quarantine(
                               "(item_retention_s): the losses cannot be made again")  # fmt: skip
     after = {**items, **moved}
     picker = replay_losses(tally, entries, after, barred)
-    updated = replace(tally, picker=picker)
+    updated = replace(tally, picker=picker, relabeled=tally.relabeled + 1)
     queue = queue_key(round_number)
+    # a pool-based round's labeled set follows: its belief is derived from it
+    labeled_set = labeled_key(round_number) if tally.pooled and moved else None
     event = {"event": "quarantine" if on else "lift", "labeler": name, "by": by, "at": now,
              "round": round_number, "items": len(moved), "labels": picker.labels}  # fmt: skip
     txn = Txn(
@@ -346,8 +349,11 @@ def set_quarantine(
              **{item_key(i): Put(m.to_dict(), m.expire_at) for i, m in moved.items()}},
         # quarantined items wait in the queue (their overlap reviews are over); restored
         # ones leave it
-        push={queue: {i: now for i in moved}} if on and moved else {},
-        pull={reviews_key(round_number): list(moved), **({} if on else {queue: list(moved)})}
+        push={**({queue: {i: now for i in moved}} if on and moved else {}),
+              **({labeled_set: {i: float(picker.labels) for i in moved}}
+                 if labeled_set and not on else {})},
+        pull={reviews_key(round_number): list(moved), **({} if on else {queue: list(moved)}),
+              **({labeled_set: list(moved)} if labeled_set and on else {})}
         if moved else {},
         append={EVENTS: [event]},
         result={**answer, "items": len(moved), "labels": picker.labels, "changed": True},
@@ -359,15 +365,14 @@ def _check_replayable(
     current: Selection, entries: Sequence[Mapping[str, Any]], audit_cap: int
 ) -> None:
     tally = current.tally
-    if tally.pooled:
-        raise QuarantineError("the current round is pool-based: quarantine recomputes "
-                              "ModelPicker's losses only; start a modelpicker round")  # fmt: skip
     if tally.out().any():
         raise QuarantineError(
             "candidates were eliminated in this round (the large-pool mode): its losses "
             "cannot be made again without them; start a new round"
         )
-    if tally.models is not None and list(tally.models) != list(current.meta.models):
+    if tally.candidates_changed or (
+        tally.models is not None and list(tally.models) != list(current.meta.models)
+    ):
         raise QuarantineError("the candidates changed in this round: start a new round")
     if len(entries) >= audit_cap:
         raise QuarantineError(f"the round's audit keeps its newest {audit_cap} labels only "

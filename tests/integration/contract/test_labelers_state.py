@@ -304,3 +304,20 @@ def test_a_candidate_added_after_a_quarantine_is_charged_the_labels_that_count(
     assert answer["labels"] == picker.labels
     losses = live.selection().picker.losses
     assert losses[3] == losses[1] == picker.losses[1]
+
+
+def test_a_quarantine_that_cannot_be_exact_is_refused_and_changes_nothing(
+    connect: Connect,
+) -> None:
+    """Candidates changed in the round: the losses cannot be made again from the audit
+    (the added one was backfilled, not charged label by label), so QuarantineError."""
+    import pytest
+
+    live = state(connect)
+    labeled_round(live)
+    live.add_candidate(new_op("add"), {"name": "d", "sklearn": "d.joblib"},
+                       lambda x: np.zeros(len(x), dtype=int), NOW)  # fmt: skip
+    before = live.selection().picker
+    with pytest.raises(rules.QuarantineError, match="candidates changed"):
+        live.set_quarantine(new_op("q"), "eve", True, NOW, "ops")
+    assert live.selection().picker == before and live.quarantined() == set()

@@ -218,3 +218,45 @@ def test_weighted_labels_reach_the_belief_at_their_labelers_accuracy(connect: Co
     assert shown == pytest.approx({ids[row]: a for row, a in accuracy.items()})
     given = {belief.ids[row]: label for row, label in belief.selector.labels.items()}
     assert given == {ids[row]: label for row, label in labels.items()}
+
+
+def test_a_quarantine_in_a_pool_based_round_is_exact_and_every_replica_sees_it(
+    connect: Connect,
+) -> None:
+    """Quarantine in a pool-based round: the losses and the belief are those of the same
+    round without the labeler's labels (a replica that read the belief before sees the
+    new one), her items wait again; the lift gives back the losses and the belief before."""
+    from service.state.store.memory import MemoryBackend
+
+    preds, truth = synthetic(150, seed=4)
+
+    def labeled(live: LiveState, skip: str | None = None) -> None:
+        ids = sorted(live.backend.members("pool:0", 10_000), key=lambda i: int(i[1:]))
+        for k, item_id in enumerate(ids[:30]):
+            by = ("ann", "bob", "eve")[k % 3]
+            if by != skip:
+                label = int(truth[int(item_id[1:])])
+                live.label(f"op-{item_id}", item_id, label, time.time(), TTL, by)
+
+    live, reader = pool_state(connect, preds), None
+    labeled(live)
+    reader = LiveState(connect(), n_classes=3)  # another replica, which reads the belief now
+    before_belief = reader.beliefs.belief(reader.selection(recent_swaps=0, belief=False))
+    before = live.selection().picker
+    without = pool_state(lambda: MemoryBackend(), preds)
+    labeled(without, skip="eve")
+    expected = without.selection().picker
+    answer = live.set_quarantine(new_op("q"), "eve", True, time.time(), "ops")
+    assert answer["changed"] and answer["items"] == 10
+    after = live.selection().picker
+    assert after.losses == expected.losses and after.labels == expected.labels == 20
+    seen = reader.beliefs.belief(reader.selection(recent_swaps=0, belief=False))
+    fresh = without.beliefs.belief(without.selection(recent_swaps=0, belief=False))
+    assert seen.selector is not None and fresh.selector is not None
+    assert seen.labels == 20 and seen.posterior == fresh.posterior
+    assert {seen.ids[r]: c for r, c in seen.selector.labels.items()} == {
+        fresh.ids[r]: c for r, c in fresh.selector.labels.items()}  # fmt: skip
+    live.set_quarantine(new_op("q"), "eve", False, time.time(), "ops")
+    assert live.selection().picker.losses == before.losses
+    again = reader.beliefs.belief(reader.selection(recent_swaps=0, belief=False))
+    assert again.labels == 30 and again.posterior == before_belief.posterior
