@@ -1,6 +1,7 @@
 """Labels people get wrong, over real Ray Serve: three labelers on the demo's shifted
 stream, each with a token of their own, the knobs at their defaults (overlap_rate 0.1,
-gold_rate 0.05, labeler_min_accuracy 0.7), and 40 gold items from the stream.
+gold_rate 0.05, labeler_min_accuracy 0.8, weigh_labels on), and 40 gold items from the
+stream.
 
     python benchmarks/labelers.py --json benchmarks/results/labelers.json
 
