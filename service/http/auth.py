@@ -4,6 +4,9 @@ Each token has a name and roles. `infer` may predict (own API and OIP v2) and re
 pool; `label` may lease items, post feedback, read the selection (without the posterior,
 losses and step, from which q could be worked out) and open the labeling page; `metrics`
 may scrape the whole of /metrics; `admin` may do everything, including rounds and budgets.
+`bridge` is a labeling tool speaking for its annotators (the Label Studio bridge): what
+`label` may do, and name the annotator who gave a feedback request's labels, who is then a
+labeler of their own, `{annotator}@{the bridge token's name}`.
 Health, the API docs and /metrics without the picker's numbers are open (probes and
 scrapers).
 
@@ -29,7 +32,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-Role = Literal["infer", "label", "metrics", "admin"]
+Role = Literal["infer", "label", "bridge", "metrics", "admin"]
 NAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"  # a token's name: who gave each label
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -39,7 +42,7 @@ class TokenSpec(BaseModel):
 
     name: str = Field(..., pattern=NAME_PATTERN, description="who holds it")
     token: str = Field(..., min_length=16, max_length=256, description="the secret")
-    roles: list[Role] = Field(..., min_length=1, description="infer, label, metrics, admin")
+    roles: list[Role] = Field(..., min_length=1, description="infer, label, bridge, metrics, admin")
 
 
 class TokenError(ValueError):
@@ -72,7 +75,7 @@ def read_tokens(file: Path | None, inline: str | None) -> list[TokenSpec]:
             fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in error.errors())
             raise TokenError(
                 f"token entry {number} of {' + '.join(sources)}: bad {fields} (a name, a token "
-                "of 16-256 characters, roles from infer, label, metrics, admin)"
+                "of 16-256 characters, roles from infer, label, bridge, metrics, admin)"
             ) from None
     names = [t.name for t in tokens]
     if len(set(names)) != len(names):
@@ -102,6 +105,10 @@ class Caller(BaseModel):
     roles: frozenset[str]
 
     def may(self, role: Role) -> bool:
+        """Whether the caller has `role`: admin has every role, and a bridge the label
+        role's too (a labeling tool leases and labels, for its annotators)."""
+        if role == "label" and "bridge" in self.roles:
+            return True
         return role in self.roles or "admin" in self.roles
 
 

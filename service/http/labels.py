@@ -67,12 +67,14 @@ def apply_labels(
     delta: float | None = None,
     overlap_rate: float = 0.0,
     weight: float = 1.0,
+    holder: str | None = None,
 ) -> None:
     """Apply labels in order, appending each result to `done` as it is known, so that a
     store failure part-way leaves the caller with the labels that were decided (`delta`:
     the elimination test's level, in the large-pool mode; `overlap_rate`: the share of items
     that wait for a second labeler; `weight`: what each label weighs, its labeler's
-    reliability)."""
+    reliability; `holder`: whose leases let the labels in, when not `by`'s)."""
     for item_id, label in labels:
         op = label_op(request_key, item_id)
-        done.append(live.label(op, item_id, label, now, ttl_s, by, delta, overlap_rate, weight))
+        done.append(live.label(op, item_id, label, now, ttl_s, by, delta, overlap_rate, weight,
+                               holder))  # fmt: skip

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field
 
 from service.config.knobs import Strict
+from service.http.auth import NAME_PATTERN
 
 ITEM_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -102,6 +103,12 @@ class Label(Strict):
 
 class FeedbackRequest(Strict):
     labels: list[Label] = Field(..., min_length=1, max_length=1000, description="labels by item")
+    labeler: str | None = Field(
+        None, pattern=NAME_PATTERN, max_length=64,
+        description="the annotator who gave these labels, for a labeling tool that speaks "
+        "for several (a token with the bridge role only): they are recorded, measured and "
+        "weighed as the labeler '{labeler}@{the token's name}'",
+    )  # fmt: skip
 
 
 Outcome = Literal["accepted", "duplicate", "unknown", "invalid", "leased"]

@@ -179,12 +179,13 @@ class Leases(Labelers):
     def label(
         self, op: str, item_id: str, label: int, now: float, ttl_s: float,
         by: str = "anonymous", delta: float | None = None, overlap_rate: float = 0.0,
-        weight: float = 1.0,
+        weight: float = 1.0, holder: str | None = None,
     ) -> LabelResult:  # fmt: skip
         """Apply one label once, recording who gave it (see `rules.apply_label`; `delta`:
         the elimination test's level in the large-pool mode; `overlap_rate`: the share of
         items that then wait for another labeler; `weight`: what the label weighs, its
-        labeler's reliability). A label for a gold item is an answer to it
+        labeler's reliability; `holder`: whose lease lets it in, when not `by`'s: a bridge
+        labeling for its annotators). A label for a gold item is an answer to it
         (`rules.labelers.gold_answer`)."""
         answer: dict[str, Any] = {}
 
@@ -212,8 +213,9 @@ class Leases(Labelers):
                     return txn
             tally = None if item is None else self._read(tally_key(int(item.value["round"])))
             outcome, detail, txn = rules.apply_label(
-                op, item_id, item, tally, label, now, ttl_s, by, delta, overlap_rate, weight
-            )
+                op, item_id, item, tally, label, now, ttl_s, by, delta, overlap_rate, weight,
+                holder,
+            )  # fmt: skip
             answer.update(outcome=outcome, detail=detail)
             return txn
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from tests.integration.conftest import Deployer
 from tests.redis_server import RedisServer
 
 LABELERS = ("ann", "bob", "eve")  # eve answers a wrong class half the time
-TOKENS = {name: f"{name}-token-0123456789abcdef" for name in (*LABELERS, "ops", "web")}
-ROLES = {"ops": ["admin"], "web": ["infer"]}
+TOKENS = {name: f"{name}-token-0123456789abcdef" for name in (*LABELERS, "ops", "web", "studio")}
+ROLES = {"ops": ["admin"], "web": ["infer"], "studio": ["bridge"]}
 OVERLAP = 0.5  # more evidence per label than the default 0.1: a shorter test
 # What the module's tests served and labeled (they share a deployment): each item's true
 # class, and who gave its first (selection) label.
@@ -228,3 +229,41 @@ def test_a_quarantine_takes_out_a_labelers_labels_and_lifting_it_puts_them_back(
     assert again["changed"] is False  # already lifted: nothing changed
     assert client.post("/v1/labelers/eve/quarantine", headers=bearer("ann")).status_code == 403
     assert client.post("/v1/labelers/bad%20name/quarantine", headers=ops).status_code == 422
+
+
+def test_a_bridge_names_its_annotators_and_only_a_bridge_may(
+    client: httpx.Client, demo: DemoData
+) -> None:
+    """A labeling tool with the bridge role labels for its annotators: each is a labeler
+    of their own ('{annotator}@{token name}'), in the audit and in GET /v1/labelers. A
+    label token naming someone is a 403, a name too long or malformed a 422: nothing
+    changes."""
+    crowd = Crowd(client, demo)
+    crowd.serve(32)
+    leased: list[str] = []
+    deadline = time.monotonic() + 20
+    while len(leased) < 2:  # shadow evaluation queues the items after the answers
+        assert time.monotonic() < deadline, "no items to lease"
+        time.sleep(0.2)
+        items = client.get("/v1/queries", params={"limit": 20}, headers=bearer("studio"))
+        fresh = set(crowd.truth) - GOLD - set(FIRST)  # neither gold nor labeled already
+        leased += [i["item_id"] for i in items.json()["items"] if i["item_id"] in fresh]
+    for ann, item_id in zip(("amy", "ben"), leased[:2], strict=True):
+        before = labelers(client)
+        body = {"labels": [{"item_id": item_id, "label": crowd.truth[item_id]}], "labeler": ann}
+        refused = client.post("/v1/feedback", json=body, headers=bearer("ann"))
+        assert refused.status_code == 403 and "bridge" in refused.text
+        for bad in ("x" * 60, "amy smith"):
+            wrong = client.post("/v1/feedback", json={**body, "labeler": bad},
+                                headers=bearer("studio"))  # fmt: skip
+            assert wrong.status_code == 422, wrong.text
+        assert labelers(client) == before  # nothing changed
+        posted = client.post("/v1/feedback", json=body, headers=bearer("studio"))
+        assert posted.status_code == 200 and posted.json()["results"][0]["outcome"] == "accepted"
+    found = labelers(client)
+    assert found["amy@studio"]["labels"] == found["ben@studio"]["labels"] == 1
+    assert "studio" not in found  # the tool itself gave no label
+    number = client.get("/v1/selection", headers=bearer("ops")).json()["round"]
+    audit = client.get(f"/v1/rounds/{number}/labels", headers=bearer("ops")).json()["labels"]
+    assert {e["item_id"]: e["by"] for e in audit if e["item_id"] in leased[:2]} == {
+        leased[0]: "amy@studio", leased[1]: "ben@studio"}  # fmt: skip

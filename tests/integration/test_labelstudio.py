@@ -28,7 +28,7 @@ from tests.redis_server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 LS_TOKEN = "ls-test-token-0123456789abcdef01"
 TOKENS = [
-    {"name": "label-studio-bridge", "token": "bridge-token-0123456789ab", "roles": ["label"]},
+    {"name": "label-studio-bridge", "token": "bridge-token-0123456789ab", "roles": ["bridge"]},
     {"name": "ops", "token": "ops-ls-token-0123456789abcd", "roles": ["admin"]},
 ]
 OPS = {"Authorization": "Bearer ops-ls-token-0123456789abcd"}
@@ -186,7 +186,8 @@ def test_annotations_reach_pickserve_exactly_once(
         labels = audit(client)
         assert {e["item_id"]: e["class_name"] for e in labels} == given
         assert Counter(e["item_id"] for e in labels).most_common(1)[0][1] == 1  # once each
-        assert {e["by"] for e in labels} == {"label-studio-bridge"}
+        # each annotation is its annotator's (Label Studio's user), through the bridge role
+        assert {e["by"] for e in labels} == {"ops@example.com@label-studio-bridge"}
         assert first[4]["data"]["item_id"] not in {e["item_id"] for e in labels}
         now = tasks(studio, project)
         items = Counter(t["data"]["item_id"] for t in now)

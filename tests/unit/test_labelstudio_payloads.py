@@ -7,7 +7,13 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 from matplotlib import pyplot
 
-from service.tools.labelstudio.payloads import chosen_class, label_config, task_payload
+from service.tools.labelstudio.payloads import (
+    annotator_id,
+    annotator_name,
+    chosen_class,
+    label_config,
+    task_payload,
+)
 
 ITEM = {"item_id": "i1", "instance": [float(v) for v in range(64)],
         "predictions": {"a": 3, "b": -1, "c": 7}}  # fmt: skip
@@ -46,3 +52,15 @@ def test_an_annotation_gives_its_class_or_nothing() -> None:
     assert chosen_class([region("7", name="other"), region("2")], CLASSES) == "2"
     assert chosen_class([region("eleven")], CLASSES) is None
     assert chosen_class([], CLASSES) is None
+
+
+def test_an_annotation_names_its_annotator_as_a_labeler() -> None:
+    assert annotator_id({"completed_by": 7}) == 7
+    assert annotator_id({"completed_by": {"id": 8, "email": "x@y.z"}}) == 8
+    assert annotator_id({"completed_by": None}) is None and annotator_id({}) is None
+    assert annotator_name(7, {"id": 7, "email": "amy@example.com"}) == "amy@example.com"
+    # not a plain address (a space, a slash, too long), or unknown: the user's id
+    assert annotator_name(7, {"email": "amy smith@example.com"}) == "user7"
+    assert annotator_name(7, {"email": "a/b@example.com"}) == "user7"
+    assert annotator_name(7, {"email": "a" * 41}) == "user7"
+    assert annotator_name(9, None) == "user9"

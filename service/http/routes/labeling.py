@@ -34,6 +34,24 @@ def evaluated(names: list[str], predictions: tuple[int, ...]) -> dict[str, int]:
     return {n: p for n, p in zip(names, predictions, strict=True) if p != NOT_EVALUATED}
 
 
+def labeler_name(caller: Caller, annotator: str | None) -> str:
+    """Who gave a feedback request's labels: the caller, or for a labeling tool with the
+    bridge role the annotator it names, as `{annotator}@{the token's name}` (so that no
+    bridge can speak as a token of its own, nor as another bridge's annotators). 403 for
+    an annotator named by a token without the bridge role; 422 for a name over 64
+    characters."""
+    if annotator is None:
+        return caller.name
+    if not caller.may("bridge"):
+        raise HTTPException(403, f"the token of {caller.name!r} lacks the 'bridge' role: only "
+                            "a labeling tool with it may name the annotator (labeler)")  # fmt: skip
+    name = f"{annotator}@{caller.name}"
+    if len(name) > 64:
+        raise HTTPException(422, f"labeler: {name!r} is over 64 characters with the token's "
+                            "name: name the annotator more briefly")  # fmt: skip
+    return name
+
+
 class LabelingRoutes(LabelerRoutes):
     @api.get("/v1/queries", response_model=schemas.QueriesResponse)
     async def queries(
@@ -119,13 +137,14 @@ class LabelingRoutes(LabelerRoutes):
         503: repeat with the same Idempotency-Key to learn the rest. The key names one
         request: with another body, or from another caller, it is a 422."""
         counters = self.runtime.counters
+        by = labeler_name(caller, request.labeler)
         await self.bind_key("feedback", idempotency_key, caller, request)
         try:
             barred = await self.runtime.run_store(self.state.quarantined)
-            weight = await self.label_weight(caller.name)
+            weight = await self.label_weight(by)
         except StoreError as error:
             raise unavailable(error, "labelers") from error
-        if caller.name in barred:
+        if by in barred:
             raise HTTPException(403, QUARANTINED)
         labels, invalid = check_labels(request.labels, self.pool.class_names)
         if invalid:
@@ -140,9 +159,9 @@ class LabelingRoutes(LabelerRoutes):
         try:
             await self.runtime.run_store(
                 apply_labels, self.state, labels, key, time.time(),
-                self.knobs.query_ttl_s, done, caller.name,
+                self.knobs.query_ttl_s, done, by,
                 elimination_level(self.knobs, len(self.names)),
-                overlap_rate(self.knobs.overlap_rate), weight,
+                overlap_rate(self.knobs.overlap_rate), weight, caller.name,
             )  # fmt: skip
         except StoreError as error:
             failure = error

@@ -142,8 +142,9 @@ def replayed(item: Item, op: str, label: int) -> bool:
 
 
 def review_label(
-    op: str, item: Item, doc: Doc, label: int, now: float, ttl_s: float, by: str
-) -> tuple[LabelOutcome, str | None, Txn | None]:
+    op: str, item: Item, doc: Doc, label: int, now: float, ttl_s: float, by: str,
+    holder: str | None = None,
+) -> tuple[LabelOutcome, str | None, Txn | None]:  # fmt: skip
     """Another labeler's label on an overlap item: recorded as evidence (it moves no loss).
     The same labeler again: duplicate. After the second label the item is done if the two
     agree, else it waits for a third; after the third it is done."""
@@ -151,7 +152,7 @@ def review_label(
         return "duplicate", ALREADY, None
     if item.created_at < now - ttl_s:
         return "unknown", "this item expired (query_ttl_s)", None
-    if item.held_by_other(by, now):
+    if item.held_by_other(by if holder is None else holder, now):
         return "leased", "another labeler holds this item's lease: the label was not applied", None
     earlier = labelers_of(item)
     review = {"by": by, "label": int(label), "op": op, "at": now}

@@ -105,6 +105,7 @@ def apply_label(
     delta: float | None = None,
     overlap_rate: float = 0.0,
     weight: float = 1.0,
+    holder: str | None = None,
 ) -> tuple[LabelOutcome, str | None, Txn | None]:
     """Apply a label once: L += w [f_i(x) != y] / q, labels += 1, with w the label's
     weight (its labeler's reliability, `picker.labelers.label_weight`; kept in the audit
@@ -120,7 +121,11 @@ def apply_label(
     label (a label counts from its holder, or from anyone once no lease holds it).
 
     An item chosen for overlap (`overlap_rate`, `rules.labelers`) then waits for another
-    labeler's label, which `labelers.review_label` records as evidence."""
+    labeler's label, which `labelers.review_label` records as evidence.
+
+    `holder`: whose lease lets the label in, when it is not `by`'s own (a labeling tool
+    with the bridge role leases items and labels them for its annotators)."""
+    holder = by if holder is None else holder
     if item is None:
         return "unknown", "this item was never queued for labeling (or its record expired)", None
     stored = Item.from_dict(item_id, item.value)
@@ -128,14 +133,14 @@ def apply_label(
         if labelers.replayed(stored, op, label):
             return "accepted", None, None
         if stored.review_open:
-            return labelers.review_label(op, stored, item, label, now, ttl_s, by)
+            return labelers.review_label(op, stored, item, label, now, ttl_s, by, holder)
         return "duplicate", labelers.ALREADY, None
     round_tally = None if tally is None else Tally.from_dict(tally.value)
     if tally is None or round_tally is None or round_tally.closed:
         return "unknown", "this item belongs to an earlier round", None
     if stored.created_at < now - ttl_s:
         return "unknown", "this item expired (query_ttl_s)", None
-    if stored.held_by_other(by, now):
+    if stored.held_by_other(holder, now):
         return "leased", "another labeler holds this item's lease: the label was not applied", None
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"a label's weight is in [0, 1], not {weight}")

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("--pickserve-url", help="PICKSERVE_URL")
-    parser.add_argument("--pickserve-token", help="PICKSERVE_TOKEN (label role)")
+    parser.add_argument("--pickserve-token", help="PICKSERVE_TOKEN (bridge role)")
     parser.add_argument("--label-studio-url", help="PICKSERVE_LABEL_STUDIO_URL")
     parser.add_argument("--token", dest="label_studio_token", help="Label Studio API token "
                         "(PICKSERVE_LABEL_STUDIO_TOKEN)")  # fmt: skip
@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-s", type=float, help="renew/fill interval")
     parser.add_argument("--sweep-s", type=float, help="sweep interval")
     parser.add_argument("--show-predictions", action="store_true", default=None)
+    parser.add_argument(
+        "--one-labeler", dest="annotators", action="store_false", default=None,
+        help="post every annotation as the bridge token's own label (a token with the label "
+        "role only); by default each annotator is a labeler",
+    )  # fmt: skip
     args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:

@@ -17,7 +17,13 @@ from typing import Any
 import httpx
 
 from service.tools.labelstudio.client import LabelStudio
-from service.tools.labelstudio.payloads import chosen_class, label_config, task_payload
+from service.tools.labelstudio.payloads import (
+    annotator_id,
+    annotator_name,
+    chosen_class,
+    label_config,
+    task_payload,
+)
 from service.tools.labelstudio.settings import BridgeSettings
 
 logger = logging.getLogger("pickserve.labelstudio")
@@ -85,6 +91,7 @@ class Bridge:
         self.map = TaskMap(settings.state)
         self.secret = self.map.setting("webhook_secret", lambda: secrets.token_urlsafe(24))
         self.post_lock = threading.Lock()
+        self.annotators: dict[int, str] = {}  # Label Studio user id -> labeler name
         pool = self._get("/v1/pool")
         self.classes: list[str] = pool["classes"]
         self.image_shape: list[int] | None = pool.get("image_shape")
@@ -183,16 +190,34 @@ class Bridge:
             label = chosen_class(latest.get("result") or [], self.classes)
             if label is None:
                 return None
+            body: dict[str, Any] = {"labels": [{"item_id": item_id, "label": label}]}
+            labeler = self.annotator(latest) if self.settings.annotators else None
+            if labeler is not None:
+                body["labeler"] = labeler
             answer = self.pickserve.post(
-                "/v1/feedback", json={"labels": [{"item_id": item_id, "label": label}]},
+                "/v1/feedback", json=body,
                 headers={"Idempotency-Key": f"ls-{self.project}-{task['id']}"},
             )  # fmt: skip
             if answer.status_code >= 500:
                 answer.raise_for_status()  # unclear: the next sweep repeats it with the same key
+            if answer.status_code in (401, 403):  # not posted: the next sweep tries again
+                logger.error("task %s: pickserve refused the label (%s): %s", task["id"],
+                             answer.status_code, answer.text[:300])  # fmt: skip
+                return None
             outcome = answer.json().get("results", [{}])[0].get("outcome", str(answer.status_code))
             self.map.put(item_id, None, int(task["id"]), "posted", outcome)
             logger.info("task %s: item %s labeled %r: %s", task["id"], item_id, label, outcome)
             return str(outcome)
+
+    def annotator(self, annotation: dict[str, Any]) -> str | None:
+        """The pickserve labeler name of the annotation's Label Studio user (`payloads.
+        annotator_name`), looked up once per user; None when the annotation names none."""
+        user_id = annotator_id(annotation)
+        if user_id is None:
+            return None
+        if user_id not in self.annotators:
+            self.annotators[user_id] = annotator_name(user_id, self.studio.user(user_id))
+        return self.annotators[user_id]
 
     def sweep(self) -> int:
         """Read every task of the project and post the annotations not posted yet (a

@@ -63,6 +63,15 @@ class LabelStudio:
         answer.raise_for_status()
         return int(answer.json()["task_ids"][0])
 
+    def user(self, user_id: int) -> dict[str, Any] | None:
+        """A user's record (id, email, ...); None when this token may not read it."""
+        answer = self.http.get(f"/api/users/{user_id}/")
+        if answer.status_code in (403, 404):
+            return None
+        answer.raise_for_status()
+        user: dict[str, Any] = answer.json()
+        return user
+
     def delete_task(self, task_id: int) -> None:
         answer = self.http.delete(f"/api/tasks/{task_id}/")
         if answer.status_code != 404:

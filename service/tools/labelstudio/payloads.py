@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
@@ -66,3 +67,23 @@ def chosen_class(result: list[dict[str, Any]], classes: list[str]) -> str | None
         if region.get("from_name") == "label" and choices and choices[0] in classes:
             return str(choices[0])
     return None
+
+
+ANNOTATOR_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,40}$")
+
+
+def annotator_id(annotation: dict[str, Any]) -> int | None:
+    """The Label Studio user who made an annotation (`completed_by`: an id, or in some
+    payloads the user as an object)."""
+    who = annotation.get("completed_by")
+    if isinstance(who, dict):
+        who = who.get("id")
+    return int(who) if isinstance(who, int) or (isinstance(who, str) and who.isdigit()) else None
+
+
+def annotator_name(user_id: int, user: dict[str, Any] | None) -> str:
+    """The annotator as pickserve's labeler: their e-mail address when it is a plain one
+    of 40 characters at most (pickserve adds '@' and the bridge token's name), else
+    `user{id}`."""
+    email = (user or {}).get("email") or ""
+    return email if ANNOTATOR_PATTERN.match(email) else f"user{user_id}"

@@ -16,7 +16,8 @@ class BridgeSettings(BaseSettings):
     )
     pickserve_token: str | None = Field(
         None, repr=False, validation_alias=AliasChoices("pickserve_token", "PICKSERVE_TOKEN"),
-        description="a pickserve token with the label role (none: pickserve has no tokens)",
+        description="a pickserve token with the bridge role (the label role with "
+        "annotators off; none: pickserve has no tokens)",
     )  # fmt: skip
     label_studio_url: str = Field("http://127.0.0.1:8080")
     label_studio_token: str = Field(..., repr=False, description="Label Studio API token")
@@ -31,3 +32,9 @@ class BridgeSettings(BaseSettings):
         None, description="the receiver's URL as Label Studio reaches it (default: host:port)"
     )
     show_predictions: bool = Field(False, description="show candidates' predictions")
+    annotators: bool = Field(
+        True, description="post each annotation for the Label Studio user who made it, a "
+        "labeler of their own in pickserve (measured, weighed, quarantined on their own); "
+        "needs a pickserve token with the bridge role. False: every annotation is the "
+        "bridge token's",
+    )  # fmt: skip
