@@ -285,6 +285,18 @@ def check_place(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> None:
         raise _failure(spec, pool_file, reason) from None
 
 
+def check_registry(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> None:
+    """For an `mlflow:` candidate, what the registry's records refuse (an unknown model,
+    version or alias, a signature that does not fit the pool), before any process loads
+    it: a clear 422 in a REST call's time. PoolLoadError, as `load_candidate` words it."""
+    if spec.mlflow is None:
+        return
+    try:
+        registry.checked(spec.mlflow, pool.n_features, len(pool.class_names))
+    except RegistryError as error:
+        raise _failure(spec, pool_file, error) from None
+
+
 def load_candidate(spec: CandidateSpec, pool_file: Path, pool: PoolSpec) -> Candidate:
     """Load and probe one candidate; PoolLoadError names it, its source and the reason."""
     origin = None

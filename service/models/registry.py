@@ -231,20 +231,29 @@ class PyfuncProbabilities:
         return np.asarray(self.model.predict(np.asarray(features)), dtype=np.float64)
 
 
-def load(uri: str, n_features: int, n_classes: int) -> tuple[Any, RegistryRef]:
-    """The model a `models:/` URI names, loaded with MLflow's scikit-learn flavor or pyfunc,
-    after its signature is checked; and the version it resolved to."""
-    registry = client()
-    ref = resolve(uri, registry)
+def checked(uri: str, n_features: int, n_classes: int) -> tuple[RegistryRef, bool]:
+    """The version a `models:/` URI names and whether it has the scikit-learn flavor, its
+    signature checked against the pool: from the registry's records and the version's
+    MLmodel file alone (nothing of the model is loaded or run)."""
+    ref = resolve(uri, client())
     import mlflow
 
-    pinned = ref.uri  # the alias resolved once: the info and the model are the same version
-    try:
-        info = mlflow.models.get_model_info(pinned)
+    try:  # the alias resolved once: the info and the model are the same version
+        info = mlflow.models.get_model_info(ref.uri)
     except Exception as error:
         raise RegistryError(_explain(error, ref.model, ref.version, None)) from None
     sklearn = "sklearn" in (info.flavors or {})
     check_signature(info, n_features, n_classes, sklearn)
+    return ref, sklearn
+
+
+def load(uri: str, n_features: int, n_classes: int) -> tuple[Any, RegistryRef]:
+    """The model a `models:/` URI names, loaded with MLflow's scikit-learn flavor or pyfunc,
+    after its signature is checked; and the version it resolved to."""
+    import mlflow
+
+    ref, sklearn = checked(uri, n_features, n_classes)
+    pinned = ref.uri
     try:
         if sklearn:
             import mlflow.sklearn

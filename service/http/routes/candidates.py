@@ -20,7 +20,13 @@ from service.http.api import ADMIN, RouterBase, api, idempotency_header, logger,
 from service.http.auth import Caller
 from service.models import roster
 from service.models.isolated import load_isolated
-from service.models.loaders import Candidate, check_place, load_candidate, use_search_path
+from service.models.loaders import (
+    Candidate,
+    check_place,
+    check_registry,
+    load_candidate,
+    use_search_path,
+)
 from service.models.pool_file import (
     CANDIDATE_NAME_PATTERN,
     CandidateSpec,
@@ -97,6 +103,7 @@ class CandidateRoutes(RouterBase):
             settings = self.settings
             try:
                 await asyncio.to_thread(check_place, spec, self.pool_file, self.pool)
+                await asyncio.to_thread(check_registry, spec, self.pool_file, self.pool)
                 await asyncio.to_thread(load_isolated, spec, self.pool_file,
                                         settings.candidate_load_timeout_s,
                                         settings.candidate_load_memory_mb)  # fmt: skip
