@@ -58,8 +58,15 @@ def test_a_stationary_stream_of_the_same_length_starts_no_round(
     deploy: Deploy, demo: DemoData
 ) -> None:
     client = deploy(drift_action="new_round", **KNOBS)
-    progress = drive(client, demo, "no-such-model", max_items=12_000 + AFTER_ITEMS)
+    # the same items and the same labeling per item as the two-phase drive, in batches of
+    # 64 instead of 16 (a quarter of the requests: the monitor sees items, not requests)
+    progress = drive(client, demo, "no-such-model", max_items=12_000 + AFTER_ITEMS,
+                     batch_size=64, labels_per_batch=200)  # fmt: skip
     assert progress.items_served >= 12_000
     selection = client.get("/v1/selection").json()
     assert selection["round"] == 0, client.get("/v1/rounds").json()
-    assert "pickserve_drift_events_total 0.0" in client.get("/metrics").text
+    # the picker, and the monitor with it, saw the stream: the windows were tested on it
+    assert selection["step"] >= 12_000, selection["step"]
+    metrics = client.get("/metrics").text
+    assert "pickserve_drift_events_total 0.0" in metrics
+    assert 'pickserve_drift_p_value{test="classes"}' in metrics
