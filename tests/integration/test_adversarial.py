@@ -60,7 +60,7 @@ class Service:
         return self.deployer(
             pool=self.pool, namespace=self.namespace, shadow_rate=1.0, gamma=50.0,
             lease_s=LEASE_S,
-            settings={"tokens": json.dumps(tokens), "candidate_load_timeout_s": 8.0,
+            settings={"tokens": json.dumps(tokens), "candidate_load_timeout_s": 15.0,
                       "body_timeout_s": 2.0, "rounds_kept": ROUNDS_KEPT},
         )  # fmt: skip
 
@@ -207,7 +207,7 @@ class Traffic:
 @pytest.mark.parametrize(
     ("name", "source", "reason"),
     [("boom", "aborts:make", "killed by SIGABRT"),
-     ("hang", "hangs:make", "did not load and answer the probe within 8 s"),
+     ("hang", "hangs:make", "did not load and answer the probe within 15 s"),
      ("bye", "stops:make", "import of ray halted"),
      ("boom2", "os:abort", "is not in the pool folder"),
      ("bye2", "ray.serve:shutdown", "is not in the pool folder")],
