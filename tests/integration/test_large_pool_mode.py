@@ -155,6 +155,20 @@ def test_eliminated_candidates_leave_the_round_and_are_never_run_or_served_again
     assert all(1 <= n <= 4 for n in held.values()), held
 
 
+def settled_rounds(client: httpx.Client) -> dict[str, object]:
+    """/v1/rounds once two reads 1 s apart agree: the drive's last shadow batches, answered
+    after their predictions, have landed (what was acknowledged is what must survive)."""
+    deadline = time.monotonic() + 30
+    last = client.get("/v1/rounds").json()
+    while True:
+        time.sleep(1.0)
+        now: dict[str, object] = client.get("/v1/rounds").json()
+        if now == last:
+            return now
+        assert time.monotonic() < deadline, "the round kept changing"
+        last = now
+
+
 def test_the_active_set_survives_a_replica_kill_and_a_redis_restart(
     deploy: Deploy, demo: DemoData, redis_server: RedisServer
 ) -> None:
@@ -163,6 +177,7 @@ def test_the_active_set_survives_a_replica_kill_and_a_redis_restart(
     lowest losses with the served model), the same eliminations and the gauge its size."""
     client = deploy(store="redis", active_models=ACTIVE, shadow_rate=1.0, gamma=1.0, seed=5)
     drive(client, demo, "no-such-model", max_items=600, stream="moved")
+    rounds = settled_rounds(client)  # the drive's last shadow batches land first
     selection = client.get("/v1/selection").json()
     losses, out = selection["losses"], selection["eliminated_models"]
     assert out, "no candidate left the round: nothing to keep"
@@ -173,7 +188,6 @@ def test_the_active_set_survives_a_replica_kill_and_a_redis_restart(
     leaders = sorted(set(losses) - set(out), key=lambda name: losses[name])[: ACTIVE - 1]
     assert set(leaders) - {selection["served_model"]} <= set(before)
     assert metric(client.get("/metrics").text, "pickserve_active_models") == ACTIVE
-    rounds = client.get("/v1/rounds").json()
     (name,) = router_replicas()
     ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
     redis_server.stop(kill=True)
