@@ -1,6 +1,7 @@
 """Labels people get wrong, over real Ray Serve: three labelers on the demo's shifted
 stream, each with a token of their own, the knobs at their defaults (overlap_rate 0.1,
-gold_rate 0.05, labeler_min_accuracy 0.8, weigh_labels on), and 40 gold items from the
+gold_rate 0.05, audit_overlap_rate 1, audit_gold_rate 0.25,
+labeler_min_accuracy 0.8, weigh_labels on), and 40 gold items from the
 stream.
 
     python benchmarks/labelers.py --json benchmarks/results/labelers.json
@@ -14,9 +15,10 @@ Scenarios (each a fresh store namespace, the same traffic):
 
 Each runs until the stream's best is served with posterior >= 0.9, or --max-items, once
 per seed (--runs). The labelers take turns at leasing first, so each gets about a third. It
-records the selection labels and items served to that point, the model served at the end,
-the labelers' figures (GET /v1/labelers), and when the posterior's best, the served model
-and eve's flag changed. Figures, not assertions: the README quotes them.
+records the selection labels, every answer the labelers gave (selection labels, overlap
+labels and gold answers: the people's work) and items served to that point, the model
+served at the end, the labelers' figures (GET /v1/labelers), and when the posterior's
+best, the served model and eve's flag changed. Figures, not assertions: the README quotes them.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def run(
     answer = client.post("/v1/gold", json=body, headers=bearer("ops"))
     answer.raise_for_status()
     truth = dict(zip(answer.json()["item_ids"], map(int, labels[gold_rows]), strict=True))
-    served_items, events, last = 0, [], (None, None, None)
+    served_items, answers, events, last = 0, 0, [], (None, None, None)
     started = time.perf_counter()
     selection: dict[str, Any] = {}
     while served_items < max_items:
@@ -124,7 +126,7 @@ def run(
             truth[prediction["item_id"]] = int(labels[row])
         turn = served_items // BATCH  # each labeler first in turn: a third of the items each
         for labeler in crowd[turn % 3 :] + crowd[: turn % 3]:
-            labeler.work(client, truth)
+            answers += labeler.work(client, truth)
         selection = client.get("/v1/selection", headers=bearer("ops")).json()
         best = max(selection["posterior"], key=selection["posterior"].get)
         flagged = None
@@ -144,7 +146,7 @@ def run(
         "scenario": scenario, "target": target, "partisan_for": partisan_for,
         "converged": selection["served_model"] == target
         and selection["posterior"][target] >= 0.9,
-        "items": served_items, "labels": selection["labels"],
+        "items": served_items, "labels": selection["labels"], "answers": answers,
         "served_at_end": selection["served_model"],
         "posterior_of_target": round(selection["posterior"][target], 4),
         "posterior_of_partisan": round(selection["posterior"][partisan_for], 4),
@@ -207,6 +209,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "runs": len(runs), "converged": len(done),
         "median_labels": float(np.median([r["labels"] for r in done])) if done else None,
         "median_items": float(np.median([r["items"] for r in done])) if done else None,
+        "median_answers": float(np.median([r["answers"] for r in done])) if done else None,
         "served_partisan_at_end": sum(r["served_at_end"] == r["partisan_for"] for r in runs),
         "eve_median_accuracy": float(np.median([e.get("accuracy", np.nan) for e in eve])),
         "eve_flagged_at_end": sum(bool(e.get("flagged")) for e in eve),

@@ -39,8 +39,10 @@ they are right. The accuracy a used is the upper end of the 95 % interval
 (`LabelerEstimate.weight`): a labeler's labels count fully until the evidence says, with
 confidence, that they are wrong more often than that.
 
-The uncertainty is the Wilson score interval of E[correct_j] out of n_j (z = 1.96): a
-labeler is below an accuracy with confidence when the interval's upper end is below it.
+The uncertainty is the Wilson score interval of E[correct_j] out of n_j (z = 1.96). A
+labeler is below an accuracy with confidence when the one-sided 95 % Wilson upper bound
+(z = 1.645: the claim "below" is one-sided, and the two-sided interval's upper end would
+test it at 97.5 %) is below it.
 Against gold answers it is the usual binomial interval (its coverage is tested); on
 overlaps it takes the expected count as if observed, so it leaves out the uncertainty of
 the other labelers' answers and is somewhat narrower than it should be.
@@ -58,13 +60,16 @@ from picker.modelpicker import FloatArray, IntArray
 
 NO_GOLD = -1
 Z_95 = 1.959963984540054
+Z_ONE_SIDED_95 = 1.6448536269514722
 MIN_CHECKED = 20  # checked labels a labeler needs before they can be flagged
+AUDIT_MOST = 100  # checked labels after which an audit ends (the evidence settles slowly)
 
 
 @dataclass(frozen=True)
 class LabelerEstimate:
     """One labeler's figures: labels given, how many of them could be checked (on overlap
-    items and on gold items), the estimated accuracy and its 95 % interval."""
+    items and on gold items), the estimated accuracy, its 95 % interval, and its one-sided
+    95 % upper bound."""
 
     labels: int
     overlaps: int
@@ -72,13 +77,29 @@ class LabelerEstimate:
     accuracy: float
     low: float
     high: float
+    bound: float = 1.0
 
     def flagged(self, min_accuracy: float, min_checked: int = MIN_CHECKED) -> bool:
-        """Below `min_accuracy` with confidence: the interval's upper end is below it, on
-        at least `min_checked` checked labels (overlap and gold). The 95 % interval of one
-        wrong label out of one reaches only 0.79: without the floor, a labeler's first
-        disagreement would flag them."""
-        return self.overlaps + self.gold >= min_checked and self.high < min_accuracy
+        """Below `min_accuracy` with 95 % confidence: the one-sided upper bound is below
+        it, on at least `min_checked` checked labels (overlap and gold). The bound of one
+        wrong label out of one is 0.73: without the floor, a labeler's first disagreement
+        would flag them."""
+        return self.overlaps + self.gold >= min_checked and self.bound < min_accuracy
+
+    def audited(self, min_accuracy: float, min_checked: int = MIN_CHECKED) -> bool:
+        """Under audit: some of their labels were checked (fewer than AUDIT_MOST), the
+        estimate is below `min_accuracy`, and they are not flagged. The evidence does not
+        yet tell either way, and it is their own labels that lack it: the service then
+        checks more of them (`audit_overlap_rate`, `audit_gold_rate`), so that a careless
+        labeler is told apart within tens of labels rather than hundreds, and the other
+        labelers' labels are not checked more for it. A labeler close to the bar would need
+        thousands: after AUDIT_MOST checked labels the audit ends."""
+        checked = self.overlaps + self.gold
+        return (
+            0 < checked < AUDIT_MOST
+            and self.accuracy < min_accuracy
+            and not self.flagged(min_accuracy, min_checked)
+        )
 
     def weight(self, n_classes: int) -> float:
         """What this labeler's label weighs: `label_weight` at the interval's upper end (1
@@ -174,8 +195,9 @@ def estimate_labelers(
     estimates = []
     for j in range(n_labelers):
         low, high = wilson_interval(float(correct[j]), float(n[j]))
+        _, bound = wilson_interval(float(correct[j]), float(n[j]), Z_ONE_SIDED_95)
         estimates.append(LabelerEstimate(int(given[j]), int(overlaps[j]), int(golds[j]),
-                                         float(accuracy[j]), low, high))  # fmt: skip
+                                         float(accuracy[j]), low, high, bound))  # fmt: skip
     return estimates
 
 

@@ -161,6 +161,17 @@ class RuntimeKnobs(Strict):
         description="share of the items handed to a labeler that are gold items (POST "
         "/v1/gold: a known answer; never a selection label), each at most once per labeler",
     )  # fmt: skip
+    audit_overlap_rate: float = Field(
+        1.0, ge=0, le=1,
+        description="overlap_rate for the labels of a labeler under audit: their accuracy "
+        "is estimated below labeler_min_accuracy on too little evidence to flag them "
+        "(GET /v1/labelers, `audited`). Checking more of their own labels tells a careless "
+        "labeler apart within tens of labels; the others' labels are checked as before",
+    )  # fmt: skip
+    audit_gold_rate: float = Field(
+        0.25, ge=0, lt=1,
+        description="gold_rate for a labeler under audit (the higher of this and gold_rate)",
+    )  # fmt: skip
     labeler_min_accuracy: float = Field(
         0.8, gt=0, le=1,
         description="a labeler whose estimated accuracy is below this with 95 % confidence "

@@ -356,9 +356,17 @@ class LabelerFigures(Strict):
     )
     accuracy_low: float = Field(..., ge=0, le=1, description="the estimate's 95 % interval, low")
     accuracy_high: float = Field(..., ge=0, le=1, description="the interval's high end")
-    flagged: bool = Field(
-        ..., description="accuracy below labeler_min_accuracy with confidence (high end below)"
+    accuracy_bound: float = Field(
+        ..., ge=0, le=1, description="the one-sided 95 % upper bound of the accuracy"
     )
+    flagged: bool = Field(
+        ..., description="accuracy below labeler_min_accuracy with 95 % confidence (the "
+        "bound below it), on at least 20 checked labels",
+    )  # fmt: skip
+    audited: bool = Field(
+        ..., description="estimated below labeler_min_accuracy on too little evidence to "
+        "flag them: more of their labels are checked (audit_overlap_rate, audit_gold_rate)",
+    )  # fmt: skip
     quarantined: bool = Field(
         ..., description="their labels do not count (POST /v1/labelers/{name}/quarantine)"
     )

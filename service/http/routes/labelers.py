@@ -40,7 +40,8 @@ def figures(
     return schemas.LabelerFigures(
         name=report.name, labels=report.labels, overlaps=report.overlaps, gold=report.gold,
         accuracy=estimate.accuracy, accuracy_low=estimate.low, accuracy_high=estimate.high,
-        flagged=estimate.flagged(min_accuracy), quarantined=report.name in quarantined,
+        accuracy_bound=estimate.bound, flagged=estimate.flagged(min_accuracy),
+        audited=estimate.audited(min_accuracy), quarantined=report.name in quarantined,
     )  # fmt: skip
 
 
@@ -96,8 +97,9 @@ class LabelerRoutes(RouterBase):
     async def labelers(self, caller: Caller = ADMIN) -> schemas.LabelersResponse:
         """Every labeler with their labels, overlap labels and gold answers, and their
         accuracy estimated from those (Dawid and Skene's model with one accuracy per
-        labeler, `picker.labelers`) with a 95 % interval; flagged when the interval lies
-        below labeler_min_accuracy."""
+        labeler, `picker.labelers`) with a 95 % interval; flagged when its one-sided 95 %
+        upper bound is below labeler_min_accuracy; audited while it is estimated below on
+        too little evidence (more of their labels are checked then)."""
         knobs = self.knobs
         try:
             reports = await self.runtime.run_store(self.state.labeler_reports,
@@ -167,17 +169,26 @@ class LabelerRoutes(RouterBase):
             logger.warning("swap check after a quarantine failed: %s", error)
         return AsciiJSONResponse(schemas.QuarantineResponse(**answer).model_dump())
 
-    async def label_weight(self, name: str) -> float:
-        """What `name`'s labels weigh now (`LabelerEstimate.weight`): 1 with weigh_labels
-        off or without tokens (every caller is one labeler then). The estimates are
-        computed again only when the evidence grew."""
+    async def labeler_terms(self, name: str) -> tuple[float, float, float]:
+        """How `name`'s labels are taken now: what they weigh (`LabelerEstimate.weight`; 1
+        with weigh_labels off), and the overlap and gold rates they get (the audit rates
+        while they are under audit, `LabelerEstimate.audited`). Without tokens every caller
+        is one labeler: weight 1, no overlap, gold_rate. The estimates are computed again
+        only when the evidence grew."""
         knobs = self.knobs
-        if not (knobs.weigh_labels and _auth["authenticator"].enabled):
-            return 1.0
+        if not _auth["authenticator"].enabled:
+            return 1.0, 0.0, knobs.gold_rate
         n_classes = len(self.pool.class_names)
         reports = await self.runtime.run_store(self.state.labeler_reports, n_classes)
         found = [r.estimate for r in reports if r.name == name]
-        return found[0].weight(n_classes) if found else 1.0
+        if not found:
+            return 1.0, knobs.overlap_rate, knobs.gold_rate
+        estimate = found[0]
+        weight = estimate.weight(n_classes) if knobs.weigh_labels else 1.0
+        if estimate.audited(knobs.labeler_min_accuracy):
+            return (weight, max(knobs.overlap_rate, knobs.audit_overlap_rate),
+                    max(knobs.gold_rate, knobs.audit_gold_rate))  # fmt: skip
+        return weight, knobs.overlap_rate, knobs.gold_rate
 
     async def quarantine_flagged(self, barred: set[str]) -> None:
         """Quarantine every labeler the evidence flags (quarantine_flagged, with tokens),

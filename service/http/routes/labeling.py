@@ -20,7 +20,7 @@ from service.http.api import (
 from service.http.auth import Caller
 from service.http.labels import apply_labels, check_labels
 from service.http.limits import AsciiJSONResponse
-from service.http.routes.labelers import LabelerRoutes, overlap_rate
+from service.http.routes.labelers import LabelerRoutes
 from service.models.pool_file import NOT_EVALUATED
 from service.state.live import LabelResult, new_op
 from service.state.rules import Selection
@@ -70,6 +70,7 @@ class LabelingRoutes(LabelerRoutes):
         with_predictions = admin or include_predictions
         now, knobs = time.time(), self.knobs
         try:
+            _, _, gold_rate = await self.labeler_terms(caller.name)
             leased = await self.runtime.run_store(
                 self.state.lease,
                 limit,
@@ -78,7 +79,7 @@ class LabelingRoutes(LabelerRoutes):
                 knobs.query_ttl_s,
                 caller.name,
                 self.rng,
-                knobs.gold_rate,
+                gold_rate,
             )
             depth = await self.runtime.run_store(self.state.queue_depth, now, knobs.query_ttl_s)
         except StoreError as error:
@@ -141,7 +142,7 @@ class LabelingRoutes(LabelerRoutes):
         await self.bind_key("feedback", idempotency_key, caller, request)
         try:
             barred = await self.runtime.run_store(self.state.quarantined)
-            weight = await self.label_weight(by)
+            weight, overlap, _ = await self.labeler_terms(by)
         except StoreError as error:
             raise unavailable(error, "labelers") from error
         if by in barred:
@@ -161,7 +162,7 @@ class LabelingRoutes(LabelerRoutes):
                 apply_labels, self.state, labels, key, time.time(),
                 self.knobs.query_ttl_s, done, by,
                 elimination_level(self.knobs, len(self.names)),
-                overlap_rate(self.knobs.overlap_rate), weight, caller.name,
+                overlap, weight, caller.name,
             )  # fmt: skip
         except StoreError as error:
             failure = error
