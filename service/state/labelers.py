@@ -90,6 +90,12 @@ class Labelers(LiveCore):
                               now))  # fmt: skip
         return items
 
+    def gold_unanswered(self, ids: Sequence[str], by: str) -> list[str]:
+        """Those of `ids` that are gold items `by` has not answered."""
+        docs = self.backend.read([rules.gold_key(i) for i in ids])
+        found = [i for i in ids if rules.gold_key(i) in docs]
+        return rules.gold_for(found, self._read(rules.gold_seen_key(by))) if found else []
+
     def add_gold(self, op: str, golds: Mapping[str, rules.Gold]) -> list[str]:
         """Store gold items under fresh ids; returns the ids (a repeat of `op`, the same)."""
         committed = self.backend.commit(rules.add_gold(op, golds))

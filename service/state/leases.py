@@ -160,7 +160,8 @@ class Leases(Labelers):
     ) -> list[str]:
         """Extend `by`'s leases of these items while they wait for a label; returns the ids
         renewed (the others were labeled, expired, belong to an ended round, or someone
-        else holds them)."""
+        else holds them). A gold item `by` has not answered still waits (it has no lease:
+        nothing is written for it)."""
         keys = {i: item_key(i) for i in item_ids}
 
         def attempt() -> tuple[Txn | None, Any]:
@@ -170,7 +171,9 @@ class Leases(Labelers):
             return rules.renew_leases(op, current, items, now, lease_s, ttl_s, by)
 
         committed, renewed = self._transact(attempt)
-        return list(committed.result if committed.status == "replayed" else renewed)
+        done = list(committed.result if committed.status == "replayed" else renewed)
+        others = [i for i in dict.fromkeys(item_ids) if i not in set(done)]
+        return sorted(done + self.gold_unanswered(others, by)) if others else done
 
     def item(self, item_id: str) -> Item | None:
         doc = self._read(item_key(item_id))
@@ -207,8 +210,11 @@ class Leases(Labelers):
                 gold = self._read(evidence.gold_key(item_id))
                 if gold is not None:
                     seen = self._read(evidence.gold_seen_key(by))
+                    tool = None
+                    if holder is not None and holder != by:
+                        tool = (holder, self._read(evidence.gold_seen_key(holder)))
                     outcome, detail, txn = evidence.gold_answer(op, item_id, gold, seen, label,
-                                                                now, by)  # fmt: skip
+                                                                now, by, tool)  # fmt: skip
                     answer.update(outcome=outcome, detail=detail)
                     return txn
             tally = None if item is None else self._read(tally_key(int(item.value["round"])))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from service.models.demo_data import DemoData
@@ -44,10 +45,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
         time.sleep(0.3)
 
 
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    subprocess.run(["bash", "deploy/ensure-label-studio.sh"], cwd=ROOT, check=True)
-    data, port = Path(tmp_path_factory.mktemp("label-studio")), free_port()
+def studio_env(data: Path) -> dict[str, str]:
     env = dict(
         os.environ, LABEL_STUDIO_BASE_DATA_DIR=str(data), LABEL_STUDIO_USERNAME="ops@example.com",
         LABEL_STUDIO_PASSWORD="a-long-password-1", LABEL_STUDIO_USER_TOKEN=LS_TOKEN,
@@ -55,6 +53,19 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Cli
         USE_DEFAULT_BANNED_SUBNETS="false",  # let it call the bridge's webhook on 127.0.0.1
     )  # fmt: skip
     env.pop("PYTHONPATH", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def studio_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(tmp_path_factory.mktemp("label-studio"))
+
+
+@pytest.fixture(scope="module")
+def label_studio(studio_data: Path) -> Iterator[httpx.Client]:
+    subprocess.run(["bash", "deploy/ensure-label-studio.sh"], cwd=ROOT, check=True)
+    data, port = studio_data, free_port()
+    env = studio_env(data)
     process = subprocess.Popen(
         [str(ROOT / ".venv-labelstudio/bin/label-studio"), "start", "--no-browser", "-p", str(port)],
         env=env, stdout=(data / "log").open("wb"), stderr=subprocess.STDOUT, cwd=data,
@@ -81,12 +92,13 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Cli
 
 
 class BridgeProcess:
-    def __init__(self, pickserve: str, studio: str, state: Path, log: Path) -> None:
+    def __init__(self, pickserve: str, studio: str, state: Path, log: Path,
+                 project: str = "digits", open_tasks: int = 6) -> None:  # fmt: skip
         self.command = [
             sys.executable, "-m", "service.tools.labelstudio", "--pickserve-url", pickserve,
-            "--label-studio-url", studio, "--token", LS_TOKEN, "--project", "digits",
-            "--state", str(state), "--webhook-port", str(free_port()), "--open-tasks", "6",
-            "--poll-s", "0.5", "--sweep-s", "2",
+            "--label-studio-url", studio, "--token", LS_TOKEN, "--project", project,
+            "--state", str(state), "--webhook-port", str(free_port()), "--open-tasks",
+            str(open_tasks), "--poll-s", "0.5", "--sweep-s", "2",
         ]  # fmt: skip
         self.env = dict(os.environ, PICKSERVE_TOKEN=str(TOKENS[0]["token"]))
         self.log, self.process = log, None
@@ -115,9 +127,9 @@ def tasks(studio: httpx.Client, project: int) -> list[dict[str, Any]]:
     return list(answer.json()["tasks"])
 
 
-def project_id(studio: httpx.Client) -> int | None:
+def project_id(studio: httpx.Client, title: str = "digits") -> int | None:
     projects = studio.get("/api/projects/").json()["results"]
-    return next((int(p["id"]) for p in projects if p["title"] == "digits"), None)
+    return next((int(p["id"]) for p in projects if p["title"] == title), None)
 
 
 def annotate(studio: httpx.Client, task: dict[str, Any], label: str, skip: bool = False) -> None:
@@ -219,6 +231,128 @@ def test_annotations_reach_pickserve_exactly_once(
         log = (tmp_path / "bridge.log").read_text()
         assert "withdrew task" in log and "imported" in log
         assert LS_TOKEN not in log and str(TOKENS[0]["token"]) not in log  # never logged
+    finally:
+        if bridge.process is not None and bridge.process.poll() is None:
+            bridge.process.send_signal(signal.SIGINT)
+            bridge.process.wait(timeout=30)
+        print((tmp_path / "bridge.log").read_text()[-3000:])
+
+
+# ---- two annotators -------------------------------------------------------------------------
+
+NOISY = "noisy@example.com"
+MAKE_ANNOTATOR = f"""
+from organizations.models import Organization
+from rest_framework.authtoken.models import Token
+from users.models import User
+org = Organization.objects.order_by("id").first()
+user, _ = User.objects.get_or_create(email="{NOISY}", defaults={{"username": "noisy"}})
+org.add_user(user)
+user.active_organization = org
+user.save()
+print("TOKEN", Token.objects.get_or_create(user=user)[0].key)
+"""
+
+
+def second_annotator(data: Path) -> str:
+    """A second Label Studio user in the organization, with an API token: made in Label
+    Studio's own Django shell, as an administrator would invite one."""
+    done = subprocess.run(
+        [str(ROOT / ".venv-labelstudio/bin/label-studio"), "shell"], input=MAKE_ANNOTATOR,
+        env=studio_env(data), cwd=data, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    found = [w for line in done.stdout.splitlines() for w in line.split() if len(w) == 40]
+    assert done.returncode == 0 and found, done.stdout[-2000:] + done.stderr[-2000:]
+    return found[-1]
+
+
+def test_two_annotators_each_a_labeler_overlap_reaches_the_other_and_the_noisy_one_is_flagged(
+    deploy: Deploy, demo: DemoData, label_studio: httpx.Client, studio_data: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Two people annotate in Label Studio, each taking the tasks Label Studio hands them
+    (its "next task"); one of them answers a wrong class half the time. Every item is an
+    overlap item, and half of what the bridge is handed are gold items. Label Studio hands
+    an overlap item's task to the other annotator (the bridge asks it for one more
+    annotation), each annotation comes back once as a label of its own annotator, and the
+    noisy one is flagged, with the lower accuracy, and quarantined."""
+    client = deploy(settings={"tokens": json.dumps(TOKENS)}, shadow_rate=1.0, gamma=50.0,
+                    lease_s=15.0, overlap_rate=1.0, gold_rate=0.5)  # fmt: skip
+    features, labels = demo.stream("today")
+    truth: dict[str, int] = {}
+    for start in range(0, 192, 48):
+        answer = client.post("/v1/predict", json={"instances": features[start : start + 48]
+                             .tolist()}, headers=OPS)  # fmt: skip
+        assert answer.is_success, answer.text
+        for prediction, row in zip(answer.json()["predictions"], range(start, start + 48),
+                                   strict=True):  # fmt: skip
+            truth[prediction["item_id"]] = int(labels[row])
+    rows = range(200, 240)
+    body = {"items": [{"instance": features[r].tolist(), "label": int(labels[r])} for r in rows]}
+    gold = client.post("/v1/gold", json=body, headers=OPS)
+    assert gold.status_code == 200, gold.text
+    truth.update(zip(gold.json()["item_ids"], (int(labels[r]) for r in rows), strict=True))
+    people = {"ops@example.com": label_studio.headers["Authorization"],
+              NOISY: f"Token {second_annotator(studio_data)}"}  # fmt: skip
+    rng = np.random.default_rng(4)
+    classes = [str(c) for c in range(10)]
+    bridge = BridgeProcess(str(client.base_url), str(label_studio.base_url),
+                           tmp_path / "map.sqlite3", tmp_path / "bridge.log", "digits-two",
+                           open_tasks=40)  # fmt: skip
+    bridge.start()
+    made: dict[str, list[str]] = {name: [] for name in people}  # item ids each annotated
+    try:
+        project = wait_for("the project", lambda: project_id(label_studio, "digits-two"))
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            for name, token in people.items():
+                task = label_studio.get(f"/api/projects/{project}/next",
+                                        headers={"Authorization": token})  # fmt: skip
+                if task.status_code != 200:
+                    continue
+                item_id = task.json()["data"]["item_id"]
+                assert item_id not in made[name], "Label Studio handed a task to one twice"
+                answer = truth[item_id]
+                if name == NOISY and rng.random() < 0.5:
+                    answer = (answer + int(rng.integers(1, 10))) % 10
+                result = [{"from_name": "label", "to_name": "item", "type": "choices",
+                           "value": {"choices": [classes[answer]]}}]  # fmt: skip
+                posted = label_studio.post(f"/api/tasks/{task.json()['id']}/annotations/",
+                                           json={"result": result},
+                                           headers={"Authorization": token})  # fmt: skip
+                assert posted.status_code == 201, posted.text
+                made[name].append(item_id)
+            figures = {r["name"]: r for r in client.get(
+                "/v1/labelers", headers=OPS).json()["labelers"]}  # fmt: skip
+            if figures.get(f"{NOISY}@label-studio-bridge", {}).get("quarantined"):
+                break
+            time.sleep(0.3)
+        print({n: len(m) for n, m in made.items()})
+        print(json.dumps(figures, indent=1))
+        honest, noisy = (figures[f"{n}@label-studio-bridge"] for n in people)
+        assert noisy["flagged"] and noisy["quarantined"], noisy
+        assert not honest["flagged"] and not honest["quarantined"], honest
+        assert noisy["accuracy"] < 0.7 < honest["accuracy"]  # seen: 0.64 and 0.88, 30 checked each
+        assert noisy["overlaps"] > 0 and honest["overlaps"] > 0 and noisy["gold"] > 0
+        # overlap items reached the other annotator: both annotated some items
+        both = set(made["ops@example.com"]) & set(made[NOISY])
+        assert both - set(gold.json()["item_ids"]), "no item reached both annotators"
+
+        # every annotation reached pickserve, each with a key of its own (the map keeps
+        # one row per annotation), and each item's selection label is its first one's
+        def handled() -> bool:
+            made_ids = {int(a["id"]) for t in tasks(label_studio, project)
+                        for a in t["annotations"]}  # fmt: skip
+            with sqlite3.connect(tmp_path / "map.sqlite3") as db:
+                rows = {r[0] for r in db.execute("SELECT annotation_id FROM answered")}
+            return made_ids <= rows
+
+        wait_for("every annotation handled", handled, timeout=30)
+        labels = audit(client)
+        assert Counter(e["item_id"] for e in labels).most_common(1)[0][1] == 1
+        assert all(e["by"].endswith("@label-studio-bridge") for e in labels)
+        log = (tmp_path / "bridge.log").read_text()
+        assert "wants another annotator" in log
     finally:
         if bridge.process is not None and bridge.process.poll() is None:
             bridge.process.send_signal(signal.SIGINT)

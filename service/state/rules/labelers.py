@@ -179,23 +179,35 @@ def review_label(
 
 
 def gold_answer(
-    op: str, gold_id: str, gold: Doc, seen: Doc | None, label: int, now: float, by: str
-) -> tuple[LabelOutcome, str | None, Txn | None]:
+    op: str, gold_id: str, gold: Doc, seen: Doc | None, label: int, now: float, by: str,
+    holder: tuple[str, Doc | None] | None = None,
+) -> tuple[LabelOutcome, str | None, Txn | None]:  # fmt: skip
     """A labeler's answer to a gold item: one evidence record, once per labeler. It is
-    answered like any accepted label (the labeler does not learn the item was gold)."""
+    answered like any accepted label (the labeler does not learn the item was gold).
+    `holder`: the lease holder's name and seen-document when it is not `by` (a labeling
+    tool answering for its annotators): the item counts as seen by the tool too, so that
+    it is not handed to the tool again (the tool could not tell its annotators apart)."""
     answered = [] if seen is None else list(seen.value["ids"])
     if gold_id in answered:
         return "duplicate", ALREADY, None
     answer = Gold.from_dict(gold.value).answer
+    expect = {gold_key(gold_id): gold.version,
+              gold_seen_key(by): 0 if seen is None else seen.version}  # fmt: skip
+    put = {gold_seen_key(by): Put({"ids": [*answered, gold_id]})}
+    if holder is not None and holder[0] != by:
+        name, tool_seen = holder
+        tool_answered = [] if tool_seen is None else list(tool_seen.value["ids"])
+        expect[gold_seen_key(name)] = 0 if tool_seen is None else tool_seen.version
+        if gold_id not in tool_answered:
+            put[gold_seen_key(name)] = Put({"ids": [*tool_answered, gold_id]})
     txn = Txn(
         op,
-        expect={gold_key(gold_id): gold.version,
-                gold_seen_key(by): 0 if seen is None else seen.version},
-        put={gold_seen_key(by): Put({"ids": [*answered, gold_id]})},
+        expect=expect,
+        put=put,
         add={LABELER_COUNTS: {count_key("gold", by): 1.0}},
         append={EVIDENCE: [evidence_record(f"gold:{gold_id}", by, label, answer, now)]},
         result="accepted",
-    )  # fmt: skip
+    )
     return "accepted", None, txn
 
 

@@ -46,27 +46,36 @@ def renew_leases(
     by: str = "anonymous",
 ) -> tuple[Txn | None, list[str]]:
     """Extend to now + lease_s, for `by`, the leases of items still waiting for a label in
-    the current round that nobody else holds (a labeler still working on them); the others
-    are returned as not renewed. The compare-and-set covers the round and every renewed
-    item, so a label or a new round landing meanwhile makes the caller read again."""
+    the current round that nobody else holds (a labeler still working on them), overlap
+    items waiting for another label from `by` among them (`labelers.reviewable`); the
+    others are returned as not renewed. The compare-and-set covers the round and every
+    renewed item, so a label or a new round landing meanwhile makes the caller read
+    again."""
     round_number = current.picker.round
-    renewed: dict[str, float] = {}
+    fresh: dict[str, float] = {}
+    reviews: dict[str, float] = {}
     expect, put = {META: current.meta_version}, {}
     for item_id, doc in items.items():
         item = None if doc is None else Item.from_dict(item_id, doc.value)
-        if doc is None or item is None or not leasable(item, round_number, now, ttl_s):
+        if doc is None or item is None or item.held_by_other(by, now):
             continue
-        if item.held_by_other(by, now):
+        if labelers.reviewable(item, round_number, now, ttl_s, by):
+            reviews[item_id] = now + lease_s
+        elif leasable(item, round_number, now, ttl_s):
+            fresh[item_id] = now + lease_s
+        else:
             continue
-        renewed[item_id] = now + lease_s
         expect[item_key(item_id)] = doc.version
         held = replace(item, holder=by, lease_until=now + lease_s)
         put[item_key(item_id)] = Put(held.to_dict(), held.expire_at)
+    renewed = sorted({**fresh, **reviews})
     if not renewed:
         return None, []
-    txn = Txn(op, expect=expect, put=put, push={queue_key(round_number): renewed},
-              result=sorted(renewed))  # fmt: skip
-    return txn, sorted(renewed)
+    push = {queue_key(round_number): fresh} if fresh else {}
+    if reviews:
+        push[labelers.reviews_key(round_number)] = reviews
+    txn = Txn(op, expect=expect, put=put, push=push, result=renewed)
+    return txn, renewed
 
 
 def hold_items(

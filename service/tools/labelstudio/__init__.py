@@ -16,7 +16,11 @@ brings the annotations back as labels:
   expired, its round ended) is withdrawn from Label Studio.
 - **Annotations** arrive by webhook (with a shared secret in a header) and by a periodic
   sweep of the project's tasks, since Label Studio sends each webhook once and never
-  retries. Both post to `/v1/feedback` with the Idempotency-Key `ls-{project}-{task}`, so
-  an annotation seen twice is applied once. A skipped task (`was_cancelled`) gives no
-  label.
+  retries. Both post to `/v1/feedback` with the Idempotency-Key `ls-{project}-{task}`
+  (`-{annotation}` added for a task's later annotations), so an annotation seen twice is
+  applied once. A task whose first annotation is a skip (`was_cancelled`) gives no label.
+- **Annotators and overlap.** Each annotation is its Label Studio user's label (a labeler
+  of their own in pickserve). An item pickserve hands back after its task was answered
+  wants another annotator: the task is opened again (its `overlap` one above the
+  annotations made), and Label Studio hands it to someone who has not annotated it.
 """

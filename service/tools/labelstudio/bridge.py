@@ -43,6 +43,10 @@ class TaskMap:
             "task_id INTEGER, status TEXT NOT NULL, detail TEXT)"
         )
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS answered (task_id INTEGER NOT NULL, annotation_id "
+            "INTEGER NOT NULL, outcome TEXT, PRIMARY KEY (task_id, annotation_id))"
+        )
 
     def setting(self, key: str, make: Any) -> str:
         with self.lock:
@@ -69,6 +73,21 @@ class TaskMap:
                 "task_id = COALESCE(excluded.task_id, task_id), status = excluded.status, "
                 "detail = excluded.detail",
                 (item_id, round_number, task_id, status, detail),
+            )
+
+    def answered(self, task_id: int) -> set[int]:
+        """The task's annotations handled already (posted, or skipped)."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT annotation_id FROM answered WHERE task_id = ?", (task_id,)
+            ).fetchall()
+        return {int(r[0]) for r in rows}
+
+    def record(self, task_id: int, annotation_ids: list[int], outcome: str) -> None:
+        with self.lock:
+            self.db.executemany(
+                "INSERT OR IGNORE INTO answered (task_id, annotation_id, outcome) VALUES (?,?,?)",
+                [(task_id, a, outcome) for a in annotation_ids],
             )
 
     def with_status(self, *statuses: str) -> list[tuple[str, int | None]]:
@@ -122,7 +141,9 @@ class Bridge:
             self.map.put(item_id, None, None, "withdrawn", "import did not happen")
 
     def fill(self) -> int:
-        """Lease items for the free task slots and import each as a task."""
+        """Lease items for the free task slots and import each as a task. An item that
+        comes back after its task was answered wants another annotator's label (an overlap
+        item, or one whose first label stopped counting): its task is opened again."""
         open_now = len(self.map.with_status("open", "pending"))
         wanted = self.settings.open_tasks - open_now
         if wanted <= 0:
@@ -133,7 +154,11 @@ class Bridge:
         imported = 0
         for item in self._get("/v1/queries", **params)["items"]:
             known = self.map.get(item["item_id"])
-            if known is not None and known[1] in ("open", "pending", "posted", "skipped"):
+            if known is not None and known[1] == "posted" and known[0] is not None:
+                if self.reopen(item["item_id"], known[0]):
+                    imported += 1
+                    continue  # else its task is gone from Label Studio: a new one
+            elif known is not None and known[1] in ("open", "pending", "posted", "skipped"):
                 continue  # already a task (or answered): never a duplicate
             self.map.put(item["item_id"], item["round"], None, "pending")
             task_id = self.studio.import_task(
@@ -144,6 +169,22 @@ class Bridge:
             logger.info("task %s: item %s imported", task_id, item["item_id"])
             imported += 1
         return imported
+
+    def reopen(self, item_id: str, task_id: int) -> bool:
+        """Ask Label Studio for one more annotation of the task, from an annotator who has
+        not made one (its overlap one above the annotations it has; Label Studio hands a
+        task to nobody twice). False when the task is gone."""
+        task = self.studio.task(task_id)
+        if task is None:
+            return False
+        annotations = task.get("annotations") or []
+        self.map.record(task_id, [int(a["id"]) for a in annotations], "before")
+        made = sum(not a.get("was_cancelled") for a in annotations)
+        if not self.studio.set_overlap(task_id, made + 1, made):
+            return False
+        self.map.put(item_id, None, task_id, "open", "wants another annotator")
+        logger.info("task %s: item %s wants another annotator", task_id, item_id)
+        return True
 
     def renew(self) -> int:
         """Renew the leases of open tasks; withdraw the tasks whose item no longer waits."""
@@ -161,11 +202,19 @@ class Bridge:
         return withdrawn
 
     def withdraw(self, item_id: str, task_id: int | None) -> None:
-        """Take the task out of Label Studio, unless an annotation reached it meanwhile (the
-        sweep then posts it: pickserve answers whether it still counts)."""
+        """Take the task out of Label Studio. A task with annotations stays: while one is
+        not posted yet, as it is (the sweep posts it: pickserve answers whether it still
+        counts); once all are, it is closed (no more annotations asked for)."""
         if task_id is not None:
-            task = self.studio.http.get(f"/api/tasks/{task_id}/")
-            if task.status_code == 200 and task.json().get("annotations"):
+            task = self.studio.task(task_id)
+            annotations = [] if task is None else task.get("annotations") or []
+            if annotations:
+                if {int(a["id"]) for a in annotations} - self.map.answered(task_id):
+                    return
+                made = sum(not a.get("was_cancelled") for a in annotations)
+                self.studio.set_overlap(task_id, max(1, made), made)
+                self.map.put(item_id, None, task_id, "posted", "no more labels wanted")
+                logger.info("task %s: item %s needs no more labels", task_id, item_id)
                 return
             self.studio.delete_task(task_id)
         self.map.put(item_id, None, task_id, "withdrawn", "its item no longer waits")
@@ -174,40 +223,71 @@ class Bridge:
     # ---- annotations in ----------------------------------------------------------------
 
     def answer(self, task: dict[str, Any], annotations: list[dict[str, Any]]) -> str | None:
-        """Post the task's newest annotation as a label, once (the Idempotency-Key is the
-        task's); a skipped task is recorded and gives no label. Returns the outcome."""
+        """Post each annotation of an open task not posted yet, in the order they were
+        made, as a label of its annotator, once: the Idempotency-Key is the task's for its
+        first and `ls-{project}-{task}-{annotation}` for the others (an overlap item's
+        second annotator). A task whose first annotation is a skip is recorded and gives
+        no label; a later skip leaves the task open for someone else. Returns the last
+        outcome."""
         item_id = task.get("data", {}).get("item_id")
         if not item_id or not annotations:
             return None
-        latest = max(annotations, key=lambda a: int(a.get("id", 0)))
+        task_id = int(task["id"])
         with self.post_lock:
             known = self.map.get(item_id)
             if known is not None and known[1] in ("posted", "skipped"):
                 return known[1]
-            if latest.get("was_cancelled"):
-                self.map.put(item_id, None, int(task["id"]), "skipped", "skipped in Label Studio")
-                return "skipped"
-            label = chosen_class(latest.get("result") or [], self.classes)
-            if label is None:
-                return None
-            body: dict[str, Any] = {"labels": [{"item_id": item_id, "label": label}]}
-            labeler = self.annotator(latest) if self.settings.annotators else None
-            if labeler is not None:
-                body["labeler"] = labeler
-            answer = self.pickserve.post(
-                "/v1/feedback", json=body,
-                headers={"Idempotency-Key": f"ls-{self.project}-{task['id']}"},
-            )  # fmt: skip
-            if answer.status_code >= 500:
-                answer.raise_for_status()  # unclear: the next sweep repeats it with the same key
-            if answer.status_code in (401, 403):  # not posted: the next sweep tries again
-                logger.error("task %s: pickserve refused the label (%s): %s", task["id"],
-                             answer.status_code, answer.text[:300])  # fmt: skip
-                return None
-            outcome = answer.json().get("results", [{}])[0].get("outcome", str(answer.status_code))
-            self.map.put(item_id, None, int(task["id"]), "posted", outcome)
-            logger.info("task %s: item %s labeled %r: %s", task["id"], item_id, label, outcome)
-            return str(outcome)
+            done = self.map.answered(task_id)
+            outcome = None
+            for annotation in sorted(annotations, key=lambda a: int(a.get("id", 0))):
+                number = int(annotation.get("id", 0))
+                if number in done:
+                    continue
+                if annotation.get("was_cancelled"):
+                    self.map.record(task_id, [number], "skipped")
+                    if not done:
+                        self.map.put(item_id, None, task_id, "skipped", "skipped in Label Studio")
+                        return "skipped"
+                    continue
+                posted = self._post(task_id, item_id, annotation, first=not done)
+                if posted is None:
+                    return outcome
+                outcome = posted
+                done.add(number)
+            return outcome
+
+    def _post(self, task_id: int, item_id: str, annotation: dict[str, Any],
+              first: bool) -> str | None:  # fmt: skip
+        """One annotation as a label; its outcome, or None when it was not posted (no
+        class chosen yet; pickserve refused the bridge: the next sweep tries again)."""
+        label = chosen_class(annotation.get("result") or [], self.classes)
+        if label is None:
+            return None
+        body: dict[str, Any] = {"labels": [{"item_id": item_id, "label": label}]}
+        labeler = self.annotator(annotation) if self.settings.annotators else None
+        if labeler is not None:
+            body["labeler"] = labeler
+        key = f"ls-{self.project}-{task_id}" + ("" if first else f"-{annotation['id']}")
+        answer = self.pickserve.post("/v1/feedback", json=body, headers={"Idempotency-Key": key})
+        if answer.status_code >= 500:
+            answer.raise_for_status()  # unclear: the next sweep repeats it with the same key
+        if answer.status_code == 403 and "quarantined" in answer.text:
+            outcome = "quarantined"  # their labels do not count: someone else's are wanted
+            self.map.record(task_id, [int(annotation["id"])], outcome)
+            logger.info("task %s: %s is quarantined: the label was not applied", task_id,
+                        labeler)  # fmt: skip
+            self.reopen(item_id, task_id)
+            return outcome
+        if answer.status_code in (401, 403):  # not posted: the next sweep tries again
+            logger.error("task %s: pickserve refused the label (%s): %s", task_id,
+                         answer.status_code, answer.text[:300])  # fmt: skip
+            return None
+        outcome = str(answer.json().get("results", [{}])[0].get("outcome", answer.status_code))
+        self.map.record(task_id, [int(annotation["id"])], outcome)
+        self.map.put(item_id, None, task_id, "posted", outcome)
+        logger.info("task %s: item %s labeled %r by %s: %s", task_id, item_id, label, labeler,
+                    outcome)  # fmt: skip
+        return outcome
 
     def annotator(self, annotation: dict[str, Any]) -> str | None:
         """The pickserve labeler name of the annotation's Label Studio user (`payloads.

@@ -63,6 +63,27 @@ class LabelStudio:
         answer.raise_for_status()
         return int(answer.json()["task_ids"][0])
 
+    def task(self, task_id: int) -> dict[str, Any] | None:
+        """A task with its annotations; None when it is gone."""
+        answer = self.http.get(f"/api/tasks/{task_id}/")
+        if answer.status_code == 404:
+            return None
+        answer.raise_for_status()
+        task: dict[str, Any] = answer.json()
+        return task
+
+    def set_overlap(self, task_id: int, overlap: int, made: int) -> bool:
+        """How many annotations the task asks for, with `made` made: Label Studio hands it
+        to annotators who have not annotated it while it is not labeled (it does not work
+        that out again when the overlap changes: `is_labeled` is set with it). False when
+        the task is gone."""
+        body = {"overlap": overlap, "is_labeled": made >= overlap}
+        answer = self.http.patch(f"/api/tasks/{task_id}/", json=body)
+        if answer.status_code == 404:
+            return False
+        answer.raise_for_status()
+        return True
+
     def user(self, user_id: int) -> dict[str, Any] | None:
         """A user's record (id, email, ...); None when this token may not read it."""
         answer = self.http.get(f"/api/users/{user_id}/")

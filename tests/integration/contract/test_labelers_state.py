@@ -96,6 +96,28 @@ def test_concurrent_overlap_labels_lose_no_evidence(connect: Connect) -> None:
     assert all(2 <= len(r) <= rules.MOST_LABELS_PER_ITEM for r in per_item.values())
 
 
+def test_an_overlap_item_held_is_renewed_and_one_that_is_done_is_not(connect: Connect) -> None:
+    """A labeling tool keeps an overlap item open while its second annotator works on it
+    (POST /v1/queries/renew), and hears it is gone once the item needs no more labels."""
+    live = state(connect)
+    queue(live, ["i1"])
+    lease(live, "tool")
+
+    def by_tool(cls: int, annotator: str) -> str:
+        return live.label(new_op("l"), "i1", cls, NOW, TTL, annotator, None, ALL,
+                          holder="tool").outcome  # fmt: skip
+
+    assert by_tool(0, "ann") == "accepted"  # the tool's first annotator
+    assert lease(live, "tool") == ["i1"]  # back for another label
+    later = NOW + LEASE - 1
+    assert live.renew(new_op("renew"), ["i1"], later, LEASE, TTL, by="tool") == ["i1"]
+    # renewed: nobody else gets it while the first lease would have ended
+    assert live.lease(10, NOW + LEASE + 1, LEASE, TTL, "bob", np.random.default_rng(1)) == []
+    assert live.renew(new_op("renew"), ["i1"], later, LEASE, TTL, by="ann") == []  # not hers
+    assert by_tool(0, "cid") == "accepted"  # the tool's second annotator agrees: done
+    assert live.renew(new_op("renew"), ["i1"], later + 1, LEASE, TTL, by="tool") == []
+
+
 def gold(live: LiveState, answer: int) -> str:
     golds = {new_op("g").split(":")[1]: rules.Gold((1.0, 2.0), answer, {"a": 0}, NOW, "admin")}
     return live.add_gold(new_op("gold"), golds)[0]
@@ -121,6 +143,27 @@ def test_gold_items_are_mixed_in_answered_once_each_and_count_no_label(
     assert not set(again) & set(handed) & set(golds)  # an answered gold item never again
     records = live.backend.log(rules.EVIDENCE, 100)
     assert {(r["by"], r["label"], r["gold"]) for r in records} == {("ann", 0, 1)}
+
+
+def test_a_gold_item_a_tools_annotator_answered_is_not_handed_to_the_tool_again(
+    connect: Connect,
+) -> None:
+    live = state(connect)
+    golds = [gold(live, 1) for _ in range(2)]
+    queue(live, ["i1", "i2", "i3"])
+    handed = set(lease(live, "tool", limit=5, gold_rate=1.0)) & set(golds)
+    assert handed
+    # while no annotator answered them, they wait: the tool keeps their tasks open
+    assert set(live.renew(new_op("renew"), list(handed), NOW, LEASE, TTL, by="tool")) == handed
+    for gold_id in handed:
+        outcome = live.label(new_op("l"), gold_id, 1, NOW, TTL, "ann@tool", None, ALL,
+                             holder="tool").outcome  # fmt: skip
+        assert outcome == "accepted"
+    again = live.lease(5, NOW + LEASE + 1, LEASE, TTL, "tool", np.random.default_rng(5), 1.0)
+    assert not {i.item_id for i in again} & handed  # the tool's annotator answered them
+    assert live.renew(new_op("renew"), list(handed), NOW, LEASE, TTL, by="tool") == []  # gone
+    records = live.backend.log(rules.EVIDENCE, 100)
+    assert {r["by"] for r in records} == {"ann@tool"}  # the answer is the annotator's
 
 
 def test_gold_ids_come_back_in_the_order_given(connect: Connect) -> None:
