@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -51,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     except httpx.HTTPError as error:
         print(f"error: cannot reach pickserve or Label Studio: {error}", file=sys.stderr)
         return 2
-    try:
-        bridge.run()
-    except KeyboardInterrupt:
-        bridge.stop.set()
+    # SIGTERM (systemd, Kubernetes) and SIGINT end the loop after the step in hand. Set
+    # here, not inherited: a shell starts a background job with SIGINT ignored.
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: bridge.stop.set())
+    bridge.run()
     return 0
 
 
