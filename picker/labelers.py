@@ -168,7 +168,8 @@ def estimate_labelers(
     gold = np.asarray(gold, dtype=np.int64)
     _check(items, labelers, labels, gold, n_classes, n_labelers, prior)
     alpha, beta = prior
-    on_overlap = np.bincount(items, minlength=len(gold))[items] >= 2
+    # a gold item answered by several labelers is gold evidence, not an overlap: counted once
+    on_overlap = (np.bincount(items, minlength=len(gold))[items] >= 2) & (gold[items] == NO_GOLD)
     # single labels without gold say nothing
     checked: npt.NDArray[np.bool_] = on_overlap | (gold[items] != NO_GOLD)
     given = np.bincount(labelers, minlength=n_labelers)

@@ -242,3 +242,12 @@ def test_who_is_audited() -> None:
     wrong = estimate_labelers(np.arange(30), np.zeros(30, int), np.ones(30, int),
                               np.zeros(30, int), 2, 1)[0]  # fmt: skip
     assert wrong.flagged(0.8) and not wrong.audited(0.8)  # flagged: the audit is over
+
+
+def test_a_gold_item_several_labelers_answered_counts_as_gold_only() -> None:
+    """Checked labels are overlaps plus gold answers: a gold answer is not also an overlap
+    (it would count twice towards the floor of the flag and the end of an audit)."""
+    # item 0: gold, answered by both; item 1: an overlap item; item 2: labeled by one only
+    found = estimate_labelers([0, 0, 1, 1, 2], [0, 1, 0, 1, 0], [1, 1, 0, 0, 2],
+                              [1, NO_GOLD, NO_GOLD], 3, 2)  # fmt: skip
+    assert [(e.labels, e.overlaps, e.gold) for e in found] == [(3, 1, 1), (2, 1, 1)]
