@@ -172,7 +172,8 @@ class Leases(Labelers):
 
         committed, renewed = self._transact(attempt)
         done = list(committed.result if committed.status == "replayed" else renewed)
-        others = [i for i in dict.fromkeys(item_ids) if i not in set(done)]
+        held = set(done)
+        others = [i for i in dict.fromkeys(item_ids) if i not in held]
         return sorted(done + self.gold_unanswered(others, by)) if others else done
 
     def item(self, item_id: str) -> Item | None:

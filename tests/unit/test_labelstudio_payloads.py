@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib import pyplot
 
 from service.tools.labelstudio.payloads import (
+    annotations_made,
     annotator_id,
     annotator_name,
     chosen_class,
@@ -64,3 +65,8 @@ def test_an_annotation_names_its_annotator_as_a_labeler() -> None:
     assert annotator_name(7, {"email": "a/b@example.com"}) == "user7"
     assert annotator_name(7, {"email": "a" * 41}) == "user7"
     assert annotator_name(9, None) == "user9"
+
+
+def test_a_skip_is_no_annotation_made() -> None:
+    made = [{"id": 1, "was_cancelled": False}, {"id": 2, "was_cancelled": True}, {"id": 3}]
+    assert annotations_made(made) == 2 and annotations_made([]) == 0

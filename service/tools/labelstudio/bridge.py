@@ -18,6 +18,7 @@ import httpx
 
 from service.tools.labelstudio.client import LabelStudio
 from service.tools.labelstudio.payloads import (
+    annotations_made,
     annotator_id,
     annotator_name,
     chosen_class,
@@ -179,7 +180,7 @@ class Bridge:
             return False
         annotations = task.get("annotations") or []
         self.map.record(task_id, [int(a["id"]) for a in annotations], "before")
-        made = sum(not a.get("was_cancelled") for a in annotations)
+        made = annotations_made(annotations)
         if not self.studio.set_overlap(task_id, made + 1, made):
             return False
         self.map.put(item_id, None, task_id, "open", "wants another annotator")
@@ -211,7 +212,7 @@ class Bridge:
             if annotations:
                 if {int(a["id"]) for a in annotations} - self.map.answered(task_id):
                     return
-                made = sum(not a.get("was_cancelled") for a in annotations)
+                made = annotations_made(annotations)
                 self.studio.set_overlap(task_id, max(1, made), made)
                 self.map.put(item_id, None, task_id, "posted", "no more labels wanted")
                 logger.info("task %s: item %s needs no more labels", task_id, item_id)

@@ -87,3 +87,8 @@ def annotator_name(user_id: int, user: dict[str, Any] | None) -> str:
     `user{id}`."""
     email = (user or {}).get("email") or ""
     return email if ANNOTATOR_PATTERN.match(email) else f"user{user_id}"
+
+
+def annotations_made(annotations: list[dict[str, Any]]) -> int:
+    """A task's annotations that are answers (a skip, `was_cancelled`, is none)."""
+    return sum(not a.get("was_cancelled") for a in annotations)
