@@ -3,6 +3,7 @@ their own, GET /v1/labelers/me)."""
 
 import time
 import uuid
+from typing import NamedTuple
 
 from fastapi import HTTPException, Path
 from fastapi.responses import JSONResponse
@@ -26,6 +27,14 @@ from service.state.labelers import LabelerReport
 from service.state.live import new_op
 from service.state.rules.labelers import FLAGGED, Gold, QuarantineError
 from service.state.store.base import StoreError
+
+
+class LabelerTerms(NamedTuple):
+    """How a labeler's labels are taken now (`LabelerRoutes.labeler_terms`)."""
+
+    weight: float  # what a label of theirs weighs
+    overlap_rate: float  # the share of their labeled items handed to another labeler
+    gold_rate: float  # the share of gold items among what they are handed
 
 
 def overlap_rate(knob: float) -> float:
@@ -169,7 +178,7 @@ class LabelerRoutes(RouterBase):
             logger.warning("swap check after a quarantine failed: %s", error)
         return AsciiJSONResponse(schemas.QuarantineResponse(**answer).model_dump())
 
-    async def labeler_terms(self, name: str) -> tuple[float, float, float]:
+    async def labeler_terms(self, name: str) -> LabelerTerms:
         """How `name`'s labels are taken now: what they weigh (`LabelerEstimate.weight`; 1
         with weigh_labels off), and the overlap and gold rates they get (the audit rates
         while they are under audit, `LabelerEstimate.audited`). Without tokens every caller
@@ -177,18 +186,18 @@ class LabelerRoutes(RouterBase):
         only when the evidence grew."""
         knobs = self.knobs
         if not _auth["authenticator"].enabled:
-            return 1.0, 0.0, knobs.gold_rate
+            return LabelerTerms(1.0, 0.0, knobs.gold_rate)
         n_classes = len(self.pool.class_names)
         reports = await self.runtime.run_store(self.state.labeler_reports, n_classes)
         found = [r.estimate for r in reports if r.name == name]
         if not found:
-            return 1.0, knobs.overlap_rate, knobs.gold_rate
+            return LabelerTerms(1.0, knobs.overlap_rate, knobs.gold_rate)
         estimate = found[0]
         weight = estimate.weight(n_classes) if knobs.weigh_labels else 1.0
         if estimate.audited(knobs.labeler_min_accuracy):
-            return (weight, max(knobs.overlap_rate, knobs.audit_overlap_rate),
-                    max(knobs.gold_rate, knobs.audit_gold_rate))  # fmt: skip
-        return weight, knobs.overlap_rate, knobs.gold_rate
+            return LabelerTerms(weight, max(knobs.overlap_rate, knobs.audit_overlap_rate),
+                                max(knobs.gold_rate, knobs.audit_gold_rate))  # fmt: skip
+        return LabelerTerms(weight, knobs.overlap_rate, knobs.gold_rate)
 
     async def quarantine_flagged(self, barred: set[str]) -> None:
         """Quarantine every labeler the evidence flags (quarantine_flagged, with tokens),

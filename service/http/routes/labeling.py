@@ -70,7 +70,7 @@ class LabelingRoutes(LabelerRoutes):
         with_predictions = admin or include_predictions
         now, knobs = time.time(), self.knobs
         try:
-            _, _, gold_rate = await self.labeler_terms(caller.name)
+            terms = await self.labeler_terms(caller.name)
             leased = await self.runtime.run_store(
                 self.state.lease,
                 limit,
@@ -79,7 +79,7 @@ class LabelingRoutes(LabelerRoutes):
                 knobs.query_ttl_s,
                 caller.name,
                 self.rng,
-                gold_rate,
+                terms.gold_rate,
             )
             depth = await self.runtime.run_store(self.state.queue_depth, now, knobs.query_ttl_s)
         except StoreError as error:
@@ -142,7 +142,7 @@ class LabelingRoutes(LabelerRoutes):
         await self.bind_key("feedback", idempotency_key, caller, request)
         try:
             barred = await self.runtime.run_store(self.state.quarantined)
-            weight, overlap, _ = await self.labeler_terms(by)
+            terms = await self.labeler_terms(by)
         except StoreError as error:
             raise unavailable(error, "labelers") from error
         if by in barred:
@@ -162,7 +162,7 @@ class LabelingRoutes(LabelerRoutes):
                 apply_labels, self.state, labels, key, time.time(),
                 self.knobs.query_ttl_s, done, by,
                 elimination_level(self.knobs, len(self.names)),
-                overlap, weight, caller.name,
+                terms.overlap_rate, terms.weight, caller.name,
             )  # fmt: skip
         except StoreError as error:
             failure = error
